@@ -1,0 +1,37 @@
+# streamlearner — the two commands a fresh machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-unit test-integration demo clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[embedded,dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Everything CI runs: unit + integration (real broker, real encoder), not the `slow` ones.
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+## Embedded broker + worker + bundled sample stream, ends with a summary.
+demo: install
+	$(BIN)/streamlearner demo
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,104 @@
+"""Hyper-parameters of the learner, one frozen dataclass per component.
+
+Every check raises ``ValueError`` whose message starts with the field name
+(``"capacity must be > 0, got 0"``): the settings layer maps that first word to
+the environment variable that set it.
+
+>>> MemoryConfig(capacity=100).replay_ratio
+1.0
+>>> MemoryConfig(capacity=0)
+Traceback (most recent call last):
+...
+ValueError: capacity must be an int > 0, got 0
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+__all__ = ["LearnerConfig", "MemoryConfig"]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    # bool is an int subclass; `capacity=True` is a typo, not a capacity of 1.
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+
+
+def _check_float(name: str, value: object, *, minimum: float, strict: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {op} {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Replay memory hyper-parameters.
+
+    capacity: items kept in memory across all tasks and classes.
+    replay_ratio: replayed items drawn per new item in each update (0 disables replay).
+    seed: seed of the memory's own RNG (sampling and eviction).
+    """
+
+    capacity: int = 5000
+    replay_ratio: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("capacity", self.capacity, minimum=1)
+        _check_float("replay_ratio", self.replay_ratio, minimum=0.0, strict=False)
+        _check_int("seed", self.seed, minimum=0)
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Model and optimisation hyper-parameters.
+
+    model: ``None`` for the bundled all-MiniLM-L6-v2, else a local directory or hub
+        name handed to ``from_pretrained`` (set ``HF_HUB_OFFLINE=1`` to forbid downloads).
+    device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    lr: AdamW learning rate of the encoder.
+    head_lr: AdamW learning rate of the classification heads. High on purpose: a new
+        label must become predictable after a handful of examples.
+    weight_decay: decoupled weight decay of matrices (biases and LayerNorms get none).
+    steps_per_batch: optimizer steps per ``learn_many`` call on the same batch.
+    max_length: tokens kept per text (longer texts are truncated).
+    grad_clip: max global gradient norm; ``0`` disables clipping (nanoGPT's convention).
+    seed: torch seed (head init, dropout).
+    freeze_encoder: train the heads only; the encoder stays in eval mode.
+    """
+
+    model: str | None = None
+    device: str = "auto"
+    lr: float = 5e-5
+    head_lr: float = 5e-3
+    weight_decay: float = 0.01
+    steps_per_batch: int = 1
+    max_length: int = 64
+    grad_clip: float = 1.0
+    seed: int = 0
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise ValueError(f"model must be None or a non-empty path or hub name, got {self.model!r}")
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _check_float("lr", self.lr, minimum=0.0, strict=True)
+        _check_float("head_lr", self.head_lr, minimum=0.0, strict=True)
+        _check_float("weight_decay", self.weight_decay, minimum=0.0, strict=False)
+        _check_int("steps_per_batch", self.steps_per_batch, minimum=1)
+        # [CLS] and [SEP] alone take two tokens.
+        _check_int("max_length", self.max_length, minimum=3)
+        _check_float("grad_clip", self.grad_clip, minimum=0.0, strict=False)
+        _check_int("seed", self.seed, minimum=0)
+        if not isinstance(self.freeze_encoder, bool):
+            raise ValueError(f"freeze_encoder must be a bool, got {self.freeze_encoder!r}")

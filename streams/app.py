@@ -1,0 +1,79 @@
+"""Builds the Faust app of one worker: source topics, agents, output topics, ``/metrics``.
+
+No module-level app: :func:`create_app` is called by the worker command and by tests.
+"""
+
+from __future__ import annotations
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.agents.ingest import register_ingest_agent
+from streams.pipeline import Pipeline
+from streams.records import DeadLetter, Prediction
+from streams.settings import Settings
+
+
+def _credentials(kafka):
+    if kafka.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
+                                     mechanism=kafka.sasl_mechanism,
+                                     ssl_context=_ssl_context(kafka)
+                                     if kafka.security_protocol == "SASL_SSL" else None)
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(_ssl_context(kafka))
+    return None
+
+
+def _ssl_context(kafka):
+    import ssl
+
+    return ssl.create_default_context(cafile=kafka.ssl_cafile)
+
+
+def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None = None) -> faust.App:
+    k = settings.kafka
+    app = faust.App(
+        k.app_id,
+        broker=[f"kafka://{s}" for s in k.servers.split(",")],
+        broker_credentials=_credentials(k),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        topic_partitions=k.partitions,
+        topic_replication_factor=k.replication_factor,
+        broker_session_timeout=k.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, k.session_timeout_s / 3),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+        web_port=settings.metrics.port,
+        web_bind=settings.metrics.host,
+        web_host=settings.metrics.host,
+        datadir=data_dir or f"{settings.checkpoint.dir}/faust",
+    )
+    predictions = app.topic(k.predictions_topic, value_type=Prediction, key_type=str,
+                            key_serializer="raw", value_serializer="json")
+    dead_letters = app.topic(k.dead_letter_topic, value_type=DeadLetter, key_type=str,
+                             key_serializer="raw", value_serializer="json")
+    pipeline.publish_prediction = lambda key, rec: predictions.send(key=key, value=rec)
+    pipeline.publish_dead_letter = lambda key, rec: dead_letters.send(key=key, value=rec)
+
+    for topic_name, task in k.source_topics().items():
+        source = app.topic(topic_name, value_type=bytes, value_serializer="raw",
+                           key_serializer="raw")
+        register_ingest_agent(app, source, task, pipeline)
+
+    registry = pipeline.metrics.registry
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        # aiohttp refuses a charset inside content_type; Prometheus reads 0.0.4 text as is.
+        return web.bytes(generate_latest(registry),
+                         content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"status": "ok", "model_version": pipeline.learner.model_version})
+
+    return app

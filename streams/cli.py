@@ -1,0 +1,128 @@
+"""``streamlearner`` command line: worker, topics, publish, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from streams.settings import Settings, SettingsError, setting_specs
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (flag beats environment variable)")
+    for spec in setting_specs():
+        group.add_argument(spec.flag, dest=f"setting__{spec.env}", metavar=spec.env,
+                           default=None, help=f"{spec.help} [env {spec.env}, default {spec.default!r}]")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k.removeprefix("setting__"): v for k, v in vars(args).items()
+                 if k.startswith("setting__") and v is not None}
+    return Settings.from_env(overrides=overrides)
+
+
+def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
+    return getattr(args, "bootstrap", None) or settings.kafka.servers
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    settings = _settings(args)
+    run_worker(settings, loglevel=args.loglevel)
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from streams.topics import create_topics, settings_topics
+
+    settings = _settings(args)
+    k = settings.kafka
+    created = create_topics(_bootstrap(args, settings), settings_topics(k),
+                            replication_factor=k.replication_factor,
+                            client_kwargs=k.client_kwargs())
+    print(f"created: {', '.join(created) if created else 'nothing (all exist)'}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from streams.publish import iter_payloads, publish
+
+    settings = _settings(args)
+    if args.rate is not None and args.rate <= 0:
+        raise SettingsError(f"--rate must be > 0, got {args.rate}")
+    if args.limit is not None and args.limit < 0:
+        raise SettingsError(f"--limit must be >= 0, got {args.limit}")
+    payloads = iter_payloads(args.file, text_column=args.text_column,
+                             label_column=args.label_column)
+    n = publish(_bootstrap(args, settings), args.topic, payloads, rate=args.rate,
+                limit=args.limit, client_kwargs=settings.kafka.client_kwargs())
+    print(f"published {n} events to {args.topic}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(_settings(args), feedback_limit=args.feedback, market_limit=args.market,
+                    rate=args.rate, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamlearner", description=__doc__)
+    parser.add_argument("--loglevel", default=os.environ.get("LOGLEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a worker (Faust agents + learner + /metrics)")
+    _add_setting_flags(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    topics = sub.add_parser("topics", help="topic administration")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    create = topics_sub.add_parser("create", help="create source and output topics")
+    create.add_argument("--bootstrap", help="Kafka bootstrap (default: KAFKA_BOOTSTRAP)")
+    _add_setting_flags(create)
+    create.set_defaults(func=cmd_topics_create)
+
+    pub = sub.add_parser("publish", help="publish a .csv or .jsonl file to a topic")
+    pub.add_argument("topic")
+    pub.add_argument("file")
+    pub.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
+    pub.add_argument("--limit", type=int, default=None, help="publish at most N events")
+    pub.add_argument("--text-column", default="text")
+    pub.add_argument("--label-column", default=None)
+    pub.add_argument("--bootstrap", help="Kafka bootstrap (default: KAFKA_BOOTSTRAP)")
+    _add_setting_flags(pub)
+    pub.set_defaults(func=cmd_publish)
+
+    demo = sub.add_parser("demo", help="embedded broker + worker + the bundled sample stream")
+    demo.add_argument("--feedback", type=int, default=None,
+                      help="customer-feedback events to publish (default: all bundled)")
+    demo.add_argument("--market", type=int, default=None,
+                      help="market-events to publish (default: all bundled)")
+    demo.add_argument("--rate", type=float, default=None, help="publish rate, events/s")
+    demo.add_argument("--workdir", default=None, help="where checkpoints and logs go")
+    _add_setting_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.loglevel.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"streamlearner: bad setting: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Bounded hand-off from the event loop to the single model thread.
+
+Model work (tokenise, forward, backward) must never run on the event loop: it
+would stall heartbeats and fetches. All of it runs on one dedicated thread (the
+learner is not thread-safe). At most ``queue_size`` jobs wait or run there; a
+caller beyond that awaits a slot, which is how backpressure reaches the agents:
+they stop taking events, the consumer stops fetching, lag grows in Kafka and
+nothing is dropped.
+
+>>> import asyncio
+>>> async def main():
+...     with ModelThread(queue_size=1) as mt:
+...         return await mt.run(sum, [1, 2, 3])
+>>> asyncio.run(main())
+6
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class ModelThread:
+    def __init__(self, queue_size: int = 2, name: str = "streamlearner-model"):
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.queue_size = queue_size
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                               thread_name_prefix=name)
+        # One semaphore per event loop: Faust and tests may each run their own loop.
+        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    def _slot(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            sem = self._slots.get(id(loop))
+            if sem is None:
+                sem = self._slots[id(loop)] = asyncio.Semaphore(self.queue_size)
+            return sem
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting for a slot (backpressure indicator)."""
+        return self._waiting
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the model thread once a slot is free; await its result."""
+        sem = self._slot()
+        self._waiting += 1
+        try:
+            await sem.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            future = self._executor.submit(fn, *args, **kwargs)
+            return await asyncio.wrap_future(future)
+        finally:
+            sem.release()
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run on the model thread from synchronous code (start-up, shutdown) and wait."""
+        return self._executor.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> "ModelThread":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,300 @@
+"""Event contract: decoding raw source-topic payloads, and the output records.
+
+Users publish one JSON object per message to a source topic; the topic decides
+the task (``feedback`` or ``market``). :func:`decode_event` turns the raw bytes
+into an :class:`Event` or raises :class:`RejectedEvent` carrying exactly one
+:class:`Reason` (a bounded set, safe to use as a metric label).
+
+>>> e = decode_event(b'{"id": "a1", "text": "Great app", "ts": 0}',
+...                  task="feedback", received_at=10.0)
+>>> (e.id, e.text, e.ts, e.label)
+('a1', 'Great app', 0.0, None)
+>>> decode_event(b'[1, 2]', task="feedback", received_at=0.0)
+Traceback (most recent call last):
+...
+streams.records.RejectedEvent: not_an_object: payload must be a JSON object, got list
+
+Null and absent are the same thing everywhere in the contract: a required
+field that is null is ``missing_field``; an optional one takes its default.
+"""
+
+import base64
+import dataclasses
+import enum
+from collections.abc import Mapping
+from datetime import datetime, timezone
+
+import faust
+import orjson
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SOURCE_FIELDS",
+    "DeadLetter",
+    "Event",
+    "Prediction",
+    "Reason",
+    "RejectedEvent",
+    "dead_letter",
+    "decode_event",
+]
+
+SCHEMA_VERSION = 1
+
+
+class Reason(str, enum.Enum):
+    """Why an event was rejected. Values are metric labels and dead-letter fields."""
+
+    invalid_utf8 = "invalid_utf8"
+    invalid_json = "invalid_json"
+    not_an_object = "not_an_object"
+    missing_field = "missing_field"
+    empty_field = "empty_field"
+    wrong_type = "wrong_type"
+    text_too_long = "text_too_long"
+    payload_too_large = "payload_too_large"
+    invalid_ts = "invalid_ts"
+    empty_after_cleaning = "empty_after_cleaning"
+    internal_error = "internal_error"
+
+
+class RejectedEvent(Exception):
+    """An input event that breaks the contract; ``message`` names the field."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(reason, message)  # keeps the exception picklable
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """A validated input event. ``text`` is as received (see ``cleaning``).
+
+    ``fields`` holds the known source fields that were present and non-null;
+    treat it as read-only.
+    """
+
+    id: str
+    task: str
+    text: str
+    ts: float
+    label: str | None
+    fields: Mapping[str, object]
+
+
+# Known optional source fields per task: name -> expected JSON type.
+# Numbers are stored as float; anything not listed here is ignored.
+SOURCE_FIELDS: Mapping[str, Mapping[str, type]] = {
+    "feedback": {"channel": str, "customer_id": str},
+    "market": {"symbol": str, "price_change": float, "volume": float},
+}
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _wrong_type(name: str, expected: str, value: object) -> RejectedEvent:
+    return RejectedEvent(
+        Reason.wrong_type, f"field {name!r} must be {expected}, got {_type_name(value)}"
+    )
+
+
+def _required_str(obj: dict, name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise RejectedEvent(Reason.missing_field, f"field {name!r} is missing")
+    if type(value) is not str:
+        raise _wrong_type(name, "a string", value)
+    if not value.strip():
+        raise RejectedEvent(Reason.empty_field, f"field {name!r} is empty")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int subclass, but `true` is not a number in this contract.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The epoch seconds an ISO-8601 string can express (years 1-9999); this also
+# catches milliseconds sent as seconds.
+_MIN_TS = datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()
+_MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc).timestamp()
+
+
+def _parse_ts(value: object, default: float) -> float:
+    if value is None:
+        return default
+    if _is_number(value):
+        ts = float(value)  # finite: orjson rejects NaN, Infinity and overflowing numbers
+        if not _MIN_TS <= ts <= _MAX_TS:
+            hint = " (milliseconds?)" if ts > _MAX_TS else ""
+            raise RejectedEvent(
+                Reason.invalid_ts,
+                f"field 'ts' must be epoch seconds within years 1-9999, got {value!r}{hint}",
+            )
+        return ts
+    if type(value) is not str:
+        raise _wrong_type("ts", "an ISO-8601 string or epoch seconds", value)
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat does not accept 'Z'
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
+        raise RejectedEvent(
+            Reason.invalid_ts, f"field 'ts' is not an ISO-8601 timestamp: {value[:40]!r}"
+        ) from None
+
+
+def _source_fields(obj: dict, spec: Mapping[str, type]) -> dict[str, object]:
+    fields: dict[str, object] = {}
+    for name, kind in spec.items():
+        value = obj.get(name)
+        if value is None:
+            continue
+        if kind is str:
+            if type(value) is not str:
+                raise _wrong_type(name, "a string", value)
+            fields[name] = value
+        else:
+            if not _is_number(value):
+                raise _wrong_type(name, "a number", value)
+            fields[name] = float(value)
+    return fields
+
+
+def decode_event(
+    raw: bytes | None,
+    *,
+    task: str,
+    received_at: float,
+    max_text_chars: int = 2000,
+    max_payload_bytes: int = 65536,
+) -> Event:
+    """Validate one raw payload of a ``task`` source topic; raise :class:`RejectedEvent`.
+
+    Checks run in this order and the first failure wins: payload size, UTF-8,
+    JSON, object, then ``id``, ``text``, ``label``, ``ts`` and the task's source
+    fields. A missing ``ts`` becomes ``received_at``. A ``None`` payload (a
+    Kafka record with a null value) is rejected as ``invalid_json``.
+    An unknown ``task`` is a programming error and raises ``ValueError``.
+    """
+    spec = SOURCE_FIELDS.get(task)
+    if spec is None:
+        raise ValueError(f"task must be one of {sorted(SOURCE_FIELDS)}, got {task!r}")
+    if raw is None:
+        raise RejectedEvent(Reason.invalid_json, "payload is empty (null record value)")
+    if len(raw) > max_payload_bytes:
+        raise RejectedEvent(
+            Reason.payload_too_large,
+            f"payload is {len(raw)} bytes, more than the limit of {max_payload_bytes}",
+        )
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RejectedEvent(
+            Reason.invalid_utf8, f"payload is not valid UTF-8 (at byte {exc.start})"
+        ) from None
+    try:
+        obj = orjson.loads(decoded)
+    except orjson.JSONDecodeError as exc:
+        raise RejectedEvent(Reason.invalid_json, f"payload is not valid JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise RejectedEvent(
+            Reason.not_an_object, f"payload must be a JSON object, got {_type_name(obj)}"
+        )
+
+    event_id = _required_str(obj, "id")
+    text = _required_str(obj, "text")
+    if len(text) > max_text_chars:
+        raise RejectedEvent(
+            Reason.text_too_long,
+            f"field 'text' has {len(text)} characters, more than the limit of {max_text_chars}",
+        )
+    label = obj.get("label")
+    if label is not None:
+        if type(label) is not str:
+            raise _wrong_type("label", "a string", label)
+        label = label.strip()
+        if not label:
+            raise RejectedEvent(Reason.empty_field, "field 'label' is empty")
+    ts = _parse_ts(obj.get("ts"), received_at)
+    return Event(
+        id=event_id,
+        task=task,
+        text=text,
+        ts=ts,
+        label=label,
+        fields=_source_fields(obj, spec),
+    )
+
+
+class Prediction(faust.Record, serializer="json", include_metadata=False, coerce=True):
+    """What the model said about one event; ``ts`` is when it said it (epoch seconds)."""
+
+    id: str
+    task: str
+    label: str | None
+    confidence: float
+    model_version: int
+    ts: float
+    schema_version: int = SCHEMA_VERSION
+
+
+class DeadLetter(faust.Record, serializer="json", include_metadata=False, coerce=True):
+    """A rejected event with its Kafka coordinates; build it with :func:`dead_letter`.
+
+    ``payload`` is the original bytes as UTF-8 text, or base64 when they are
+    not valid UTF-8 (``payload_encoding`` says which).
+    """
+
+    payload: str
+    payload_encoding: str
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    message: str
+    ts: float
+    schema_version: int = SCHEMA_VERSION
+
+
+def dead_letter(
+    raw: bytes | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    reason: Reason,
+    message: str,
+    ts: float,
+) -> DeadLetter:
+    """Wrap a rejected payload, choosing a text-safe encoding for it.
+
+    >>> dead_letter(b"\\xff", topic="t", partition=0, offset=7,
+    ...             reason=Reason.invalid_utf8, message="m", ts=1.0).payload
+    '/w=='
+    """
+    raw = b"" if raw is None else raw
+    try:
+        payload, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return DeadLetter(
+        payload=payload,
+        payload_encoding=encoding,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        reason=reason.value,
+        message=message,
+        ts=ts,
+    )

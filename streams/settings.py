@@ -1,0 +1,298 @@
+"""Worker settings: one frozen dataclass per component, composed by :class:`Settings`.
+
+Every field is settable from the environment as ``<SECTION>_<FIELD>`` (e.g.
+``KAFKA_BOOTSTRAP``, ``STREAM_BATCH_SIZE``, ``LEARNER_MODEL``) and from the
+``streamlearner worker`` flags (``--stream-batch-size``). Bad values fail at start
+with a :class:`SettingsError` naming the setting.
+
+>>> s = Settings.from_env({"STREAM_BATCH_SIZE": "16"})
+>>> s.stream.batch_size
+16
+>>> Settings.from_env({"STREAM_BATCH_SIZE": "zero"})
+Traceback (most recent call last):
+...
+streams.settings.SettingsError: STREAM_BATCH_SIZE: expected an integer, got 'zero'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from learner.config import LearnerConfig, MemoryConfig
+from monitoring.metrics import MetricsConfig
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message starts with the setting's name."""
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str | None = field(default=None, metadata=_help(
+        "Kafka bootstrap servers host:port[,host:port]. Unset: `demo` starts the embedded broker; "
+        "`worker` uses 127.0.0.1:9092."))
+    app_id: str = field(default="streamlearner", metadata=_help(
+        "Faust app id = consumer group id and prefix of internal topics."))
+    feedback_topic: str = field(default="customer-feedback", metadata=_help(
+        "Source topic of task `feedback`."))
+    market_topic: str = field(default="market-events", metadata=_help(
+        "Source topic of task `market`."))
+    predictions_topic: str = field(default="predictions", metadata=_help("Output topic."))
+    dead_letter_topic: str = field(default="dead-letters", metadata=_help(
+        "Where rejected events go, with coordinates and reason."))
+    partitions: int = field(default=1, metadata=_help(
+        "Partitions when `topics create` makes the topics."))
+    replication_factor: int = field(default=1, metadata=_help(
+        "Replication factor when topics are created."))
+    session_timeout_s: float = field(default=30.0, metadata=_help(
+        "Consumer group session timeout (a dead member is noticed after this)."))
+    security_protocol: str = field(default="PLAINTEXT", metadata=_help(
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."))
+    sasl_mechanism: str | None = field(default=None, metadata=_help(
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with SASL_*."))
+    sasl_username: str | None = field(default=None, metadata=_help("SASL user."))
+    sasl_password: str | None = field(default=None, metadata=_help(
+        "SASL password (never logged)."))
+    ssl_cafile: str | None = field(default=None, metadata=_help("CA bundle for SSL."))
+
+    def __post_init__(self) -> None:
+        if self.bootstrap is not None and not re.fullmatch(
+                r"[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*", self.bootstrap):
+            raise ValueError(f"bootstrap must be host:port[,host:port...], got {self.bootstrap!r}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.app_id):
+            raise ValueError(f"app_id must be letters, digits, '.', '_' or '-', got {self.app_id!r}")
+        topics = {}
+        for name in ("feedback_topic", "market_topic", "predictions_topic", "dead_letter_topic"):
+            value = getattr(self, name)
+            if not _TOPIC_RE.match(value):
+                raise ValueError(f"{name} is not a valid Kafka topic name: {value!r}")
+            if value in topics:
+                raise ValueError(f"{name} must differ from {topics[value]} ({value!r})")
+            topics[value] = name
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
+        if self.replication_factor < 1:
+            raise ValueError(f"replication_factor must be >= 1, got {self.replication_factor}")
+        if self.session_timeout_s <= 0:
+            raise ValueError(f"session_timeout_s must be > 0, got {self.session_timeout_s}")
+        protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+        if self.security_protocol not in protocols:
+            raise ValueError(f"security_protocol must be one of {protocols}, "
+                             f"got {self.security_protocol!r}")
+        if self.security_protocol.startswith("SASL") and not (
+                self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError("sasl_mechanism, sasl_username and sasl_password are required "
+                             f"with security_protocol={self.security_protocol}")
+
+    @property
+    def servers(self) -> str:
+        return self.bootstrap or "127.0.0.1:9092"
+
+    def source_topics(self) -> dict[str, str]:
+        """Source topic -> task."""
+        return {self.feedback_topic: "feedback", self.market_topic: "market"}
+
+    def all_topics(self) -> list[str]:
+        return [self.feedback_topic, self.market_topic, self.predictions_topic,
+                self.dead_letter_topic]
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Security settings for kafka-python clients."""
+        kw: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                      sasl_plain_password=self.sasl_password)
+        if self.ssl_cafile:
+            kw["ssl_cafile"] = self.ssl_cafile
+        return kw
+
+    def __repr__(self) -> str:  # never print the password
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if shown["sasl_password"]:
+            shown["sasl_password"] = "***"
+        return "KafkaConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    batch_size: int = field(default=32, metadata=_help(
+        "Max events per micro-batch (`stream.take_events(batch_size, within=max_wait_s)`)."))
+    max_wait_s: float = field(default=1.0, metadata=_help(
+        "Max seconds to wait for a micro-batch to fill."))
+    max_text_chars: int = field(default=2000, metadata=_help(
+        "Longer `text` is dead-lettered as text_too_long."))
+    max_payload_bytes: int = field(default=65536, metadata=_help(
+        "Larger raw events are dead-lettered as payload_too_large."))
+    dedup_ids: int = field(default=100_000, metadata=_help(
+        "How many recent event ids are remembered to drop redeliveries/re-publishes."))
+    dedup_text_window: int = field(default=10_000, metadata=_help(
+        "How many recent cleaned texts per task are remembered: a repeat under a new id is "
+        "predicted but not trained on again (0 disables)."))
+    handoff_queue: int = field(default=2, metadata=_help(
+        "Micro-batches that may wait for the model thread; agents wait when it is full."))
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_text_chars", "max_payload_bytes", "dedup_ids",
+                     "handoff_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_s <= 0:
+            raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
+        if self.dedup_text_window < 0:
+            raise ValueError(f"dedup_text_window must be >= 0, got {self.dedup_text_window}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str = field(default="var/checkpoints", metadata=_help(
+        "Directory of checkpoints (safetensors + JSON + replay memory)."))
+    every_updates: int = field(default=50, metadata=_help("Checkpoint after this many updates."))
+    every_s: float = field(default=300.0, metadata=_help(
+        "... or when this many seconds passed since the last one (and something changed)."))
+    keep_last: int = field(default=3, metadata=_help("Checkpoints kept on disk."))
+
+    def __post_init__(self) -> None:
+        if not self.dir:
+            raise ValueError("dir must not be empty")
+        if self.every_updates < 1:
+            raise ValueError(f"every_updates must be >= 1, got {self.every_updates}")
+        if self.every_s <= 0:
+            raise ValueError(f"every_s must be > 0, got {self.every_s}")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+
+
+_LEARNER_HELP = {
+    "model": "Encoder: local directory or hub name. Unset: bundled all-MiniLM-L6-v2.",
+    "device": "auto (CUDA when present, bf16 autocast there), cpu, cuda or cuda:N.",
+    "lr": "Encoder learning rate.",
+    "head_lr": "Classification heads' learning rate.",
+    "weight_decay": "AdamW weight decay.",
+    "steps_per_batch": "Optimiser steps per micro-batch.",
+    "max_length": "Max tokens per text (dynamic padding up to this).",
+    "grad_clip": "Gradient-norm clip.",
+    "seed": "Random seed.",
+    "freeze_encoder": "Train the heads only.",
+}
+_MEMORY_HELP = {
+    "capacity": "Replay memory size (samples, all tasks; class-balanced reservoir).",
+    "replay_ratio": "Replayed samples drawn per new sample in each update.",
+    "seed": "Replay sampling seed.",
+}
+_METRICS_HELP = {
+    "port": "Port of the worker's HTTP server (`/metrics`).",
+    "host": "Bind address of the HTTP server (0.0.0.0 inside containers).",
+    "prequential_window": "Predictions in the sliding prequential-accuracy window.",
+}
+
+SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
+    "kafka": (KafkaConfig, None),
+    "stream": (StreamConfig, None),
+    "learner": (LearnerConfig, _LEARNER_HELP),
+    "memory": (MemoryConfig, _MEMORY_HELP),
+    "checkpoint": (CheckpointConfig, None),
+    "metrics": (MetricsConfig, _METRICS_HELP),
+}
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    section: str
+    name: str
+    env: str
+    flag: str
+    type: Any
+    default: Any
+    help: str
+
+
+def setting_specs() -> list[SettingSpec]:
+    """Every setting, in table order (the README's configuration table is built from this)."""
+    specs = []
+    for section, (cls, helps) in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            env = f"{section}_{f.name}".upper()
+            text = (helps or {}).get(f.name) or f.metadata.get("help", "")
+            specs.append(SettingSpec(section, f.name, env, "--" + env.lower().replace("_", "-"),
+                                     hints[f.name], f.default, text))
+    return specs
+
+
+def _parse(spec: SettingSpec, raw: str) -> Any:
+    kind = spec.type
+    optional = False
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        optional, kind = True, args[0]
+    text = raw.strip()
+    if optional and text == "":
+        return None
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{spec.env}: expected true/false, got {raw!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(f"{spec.env}: expected an integer, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingsError(f"{spec.env}: expected a number, got {raw!r}") from None
+    return text
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, str] | None = None) -> "Settings":
+        """Build from ``env`` (default ``os.environ``) with ``overrides`` (keyed by env name) on top."""
+        import os
+
+        source = dict(os.environ if env is None else env)
+        source.update(overrides or {})
+        values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for spec in setting_specs():
+            if spec.env in source:
+                values[spec.section][spec.name] = _parse(spec, source[spec.env])
+        parts = {}
+        for section, (cls_, _) in SECTIONS.items():
+            try:
+                parts[section] = cls_(**values[section])
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(_name_setting(section, str(exc))) from None
+        return cls(**parts)
+
+
+def _name_setting(section: str, message: str) -> str:
+    """'batch_size must be >= 1' in section 'stream' -> 'STREAM_BATCH_SIZE: batch_size must ...'."""
+    first = message.split(" ", 1)[0].strip(":,")
+    cls = SECTIONS[section][0]
+    names = {f.name for f in dataclasses.fields(cls)}
+    if first in names:
+        return f"{section.upper()}_{first.upper()}: {message}"
+    return f"{section.upper()}_*: {message}"

@@ -1,0 +1,54 @@
+"""Runs one worker process: learner + checkpoint restore + Faust app, final checkpoint on stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_pipeline(settings: Settings):
+    """Learner, metrics, model thread, checkpoints, dedup -> a restored :class:`Pipeline`."""
+    from learner.checkpoints import CheckpointManager
+    from learner.learner import Learner
+    from monitoring.metrics import Metrics
+    from streams.handoff import ModelThread
+    from streams.pipeline import Pipeline
+    from streams.records import Reason
+
+    model_thread = ModelThread(queue_size=settings.stream.handoff_queue)
+    # The model is built on its own thread: torch state stays with the thread that uses it.
+    learner = model_thread.call(Learner, settings.learner, settings.memory)
+    metrics = Metrics(topics=settings.kafka.source_topics(), tasks=["feedback", "market"],
+                      reasons=[r.value for r in Reason],
+                      prequential_window=settings.metrics.prequential_window)
+    checkpoints = CheckpointManager(settings.checkpoint.dir, keep_last=settings.checkpoint.keep_last)
+    pipeline = Pipeline(settings, learner, metrics, model_thread, checkpoints)
+    pipeline.restore()
+    return pipeline
+
+
+def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
+    import faust
+
+    from streams.app import create_app
+
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()  # `_created` series double the scrape for no dashboard use
+    os.makedirs(settings.checkpoint.dir, exist_ok=True)
+    log.info("settings: %r", settings)
+    pipeline = build_pipeline(settings)
+    app = create_app(settings, pipeline)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        pipeline.checkpoint_now()
+        pipeline.model.close()
+        log.info("worker stopped at model version %d", pipeline.learner.model_version)

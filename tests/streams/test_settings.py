@@ -1,0 +1,62 @@
+import pytest
+
+from streams.settings import Settings, SettingsError, setting_specs
+
+
+def test_defaults_build():
+    s = Settings.from_env({})
+    assert s.kafka.feedback_topic == "customer-feedback"
+    assert s.kafka.source_topics() == {"customer-feedback": "feedback", "market-events": "market"}
+    assert s.stream.batch_size > 0
+
+
+def test_env_values_are_parsed_by_type():
+    s = Settings.from_env({"STREAM_BATCH_SIZE": "8", "STREAM_MAX_WAIT_S": "0.5",
+                           "LEARNER_FREEZE_ENCODER": "true", "KAFKA_BOOTSTRAP": "h:9092,g:9093",
+                           "LEARNER_MODEL": ""})
+    assert s.stream.batch_size == 8 and s.stream.max_wait_s == 0.5
+    assert s.learner.freeze_encoder is True
+    assert s.kafka.bootstrap == "h:9092,g:9093"
+    assert s.learner.model is None
+
+
+def test_overrides_beat_env():
+    s = Settings.from_env({"STREAM_BATCH_SIZE": "8"}, overrides={"STREAM_BATCH_SIZE": "4"})
+    assert s.stream.batch_size == 4
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"STREAM_BATCH_SIZE": "0"}, "STREAM_BATCH_SIZE"),
+    ({"STREAM_BATCH_SIZE": "many"}, "STREAM_BATCH_SIZE"),
+    ({"STREAM_MAX_WAIT_S": "-1"}, "STREAM_MAX_WAIT_S"),
+    ({"KAFKA_BOOTSTRAP": "no port"}, "KAFKA_BOOTSTRAP"),
+    ({"KAFKA_FEEDBACK_TOPIC": "bad topic!"}, "KAFKA_FEEDBACK_TOPIC"),
+    ({"KAFKA_MARKET_TOPIC": "customer-feedback"}, "KAFKA_MARKET_TOPIC"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
+    ({"MEMORY_CAPACITY": "0"}, "MEMORY_CAPACITY"),
+    ({"LEARNER_LR": "-1"}, "LEARNER_LR"),
+    ({"LEARNER_DEVICE": "tpu"}, "LEARNER_DEVICE"),
+    ({"LEARNER_FREEZE_ENCODER": "maybe"}, "LEARNER_FREEZE_ENCODER"),
+    ({"METRICS_PORT": "70000"}, "METRICS_PORT"),
+    ({"CHECKPOINT_KEEP_LAST": "0"}, "CHECKPOINT_KEEP_LAST"),
+])
+def test_bad_settings_fail_fast_naming_the_setting(env, name):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert str(err.value).startswith(name), str(err.value)
+
+
+def test_password_never_in_repr():
+    s = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "u",
+                           "KAFKA_SASL_PASSWORD": "hunter2"})
+    assert "hunter2" not in repr(s)
+    assert s.kafka.client_kwargs()["sasl_plain_password"] == "hunter2"
+
+
+def test_every_setting_is_documented_in_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [s.env for s in setting_specs() if f"`{s.env}`" not in readme]
+    assert not missing, f"settings missing from the README table: {missing}"
