@@ -71,15 +71,11 @@ class ReplayMemory:
             stored.append(item)
             self._size += 1
             return
-        largest = max(len(v) for v in self._items.values())
-        if len(stored) < largest:
+        if len(stored) < max(len(v) for v in self._items.values()):
             # Take the space from a largest class (ties broken at random).
-            victims = [k for k, v in self._items.items() if len(v) == largest]
-            victim = self._items[self._rng.choice(victims)]
-            i = self._rng.randrange(len(victim))
-            victim[i] = victim[-1]  # swap-remove: O(1), order kept deterministic
-            victim.pop()
+            self._evict_from_largest()
             stored.append(item)
+            self._size += 1
         elif self._rng.random() < len(stored) / self._seen[c]:
             stored[self._rng.randrange(len(stored))] = item
 
@@ -127,7 +123,11 @@ class ReplayMemory:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output. The state's capacity must fit this memory."""
+        """Restore :meth:`state_dict` output.
+
+        If this memory's capacity is below the state's size (capacity lowered between
+        runs), items are evicted from the largest classes until it fits.
+        """
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"memory state version {state.get('version')!r} is not {_STATE_VERSION}")
         items: dict[Class, list[MemoryItem]] = {}
@@ -139,14 +139,23 @@ class ReplayMemory:
                 for text, logits in entry["items"]
             ]
             seen[c] = int(entry["seen"])
-        size = sum(len(v) for v in items.values())
-        if size > self.capacity:
-            raise ValueError(f"capacity {self.capacity} is smaller than the {size} items in the state")
         version, internal, gauss_next = state["rng"]
         rng = random.Random()
         rng.setstate((version, tuple(internal), gauss_next))
         # Commit only once everything parsed.
-        self._items, self._seen, self._size, self._rng = items, seen, size, rng
+        self._items, self._seen, self._rng = items, seen, rng
+        self._size = sum(len(v) for v in items.values())
+        while self._size > self.capacity:  # capacity was lowered since: shrink the way CBRS would
+            self._evict_from_largest()
+
+    def _evict_from_largest(self) -> None:
+        largest = max(len(v) for v in self._items.values())
+        victims = [k for k, v in self._items.items() if len(v) == largest]
+        victim = self._items[self._rng.choice(victims)]
+        i = self._rng.randrange(len(victim))
+        victim[i] = victim[-1]  # swap-remove: O(1), order kept deterministic
+        victim.pop()
+        self._size -= 1
 
     def __repr__(self) -> str:
         return f"ReplayMemory(capacity={self.capacity}, size={self._size}, classes={len(self.class_sizes())})"

@@ -195,7 +195,7 @@ class Pipeline:
     def _refresh_learner_gauges(self) -> None:
         m = self.metrics
         m.model_version.set(self.learner.model_version)
-        for task, size in self.learner.memory.sizes().items():
+        for task, size in self.learner.replay.sizes().items():
             m.memory_samples.labels(task=task).set(size)
         for task in self.learner.tasks():
             m.labels.labels(task=task).set(len(self.learner.labels(task)))

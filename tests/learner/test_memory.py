@@ -109,13 +109,14 @@ def test_state_round_trip_continues_identically():
     assert learned(a) == learned(b)
 
 
-def test_load_refuses_state_larger_than_capacity():
-    a = ReplayMemory(capacity=10, seed=0)
-    a.add(items("t", "x", 10))
-    b = ReplayMemory(capacity=5, seed=0)
-    with pytest.raises(ValueError, match="^capacity"):
-        b.load_state_dict(a.state_dict())
-    assert len(b) == 0
+def test_load_into_smaller_capacity_evicts_from_largest_classes():
+    a = ReplayMemory(capacity=12, seed=0)
+    a.add(items("t", "x", 8) + items("t", "y", 3) + items("u", "z", 1))
+    b = ReplayMemory(capacity=6, seed=0)
+    b.load_state_dict(a.state_dict())
+    sizes = b.class_sizes()
+    assert len(b) == 6 and sizes[("u", "z")] == 1
+    assert sorted([sizes[("t", "x")], sizes[("t", "y")]]) == [2, 3]
 
 
 def test_logits_survive_round_trip():
