@@ -67,7 +67,10 @@ class LearnerConfig:
     device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     lr: AdamW learning rate of the encoder.
     head_lr: AdamW learning rate of the classification heads. High on purpose: a new
-        label must become predictable after a handful of examples.
+        label must become predictable after a handful of examples. On BANKING77 micro-
+        batches (16 new + 16 replayed) 1e-2 reached ~0.9 prequential accuracy after 60
+        examples per intent where 5e-3 needed about twice as many; 2e-2 starts faster but
+        ends slightly lower on longer streams.
     weight_decay: decoupled weight decay of matrices (biases and LayerNorms get none).
     steps_per_batch: optimizer steps per ``learn_many`` call on the same batch.
     max_length: tokens kept per text (longer texts are truncated).
@@ -79,7 +82,7 @@ class LearnerConfig:
     model: str | None = None
     device: str = "auto"
     lr: float = 5e-5
-    head_lr: float = 5e-3
+    head_lr: float = 1e-2
     weight_decay: float = 0.01
     steps_per_batch: int = 1
     max_length: int = 64

@@ -80,7 +80,9 @@ class Learner:
 
     Each task gets its own head whose labels grow as they appear; a class-balanced
     replay memory mixes old examples (of every task) into each update so that learning
-    new intents does not erase old ones.
+    new intents does not erase old ones. Not thread-safe: call it from one thread.
+    Checkpoints (:meth:`state_dict`, :meth:`metadata`, :meth:`load`) leave out the
+    optimizer's Adam moments; a restored learner starts with a fresh optimizer.
     """
 
     def __init__(self, config: LearnerConfig | None = None, memory: MemoryConfig | None = None) -> None:
@@ -108,6 +110,7 @@ class Learner:
         }
         self.optimizer: torch.optim.AdamW | None = None
         self._build_optimizer()
+        self._boost = {"left": 0, "lr_scale": 1.0, "replay_scale": 1.0}
 
     # ----------------------------------------------------------------- read-only views
 
@@ -122,6 +125,22 @@ class Learner:
     def labels(self, task: str) -> list[str]:
         """Labels of ``task`` in head index order ([] for an unknown task)."""
         return list(self._labels.get(task, []))
+
+    def on_drift(self, task: str, *, updates: int = 20, lr_scale: float = 2.0,
+                 replay_scale: float = 2.0) -> None:
+        """Adapt to a detected drift in ``task``: for the next ``updates`` applied updates the
+        learning rates are multiplied by ``lr_scale`` and the replay ratio by ``replay_scale``
+        (more new-data plasticity, more old-data rehearsal against forgetting), then both
+        return to their configured values. A new drift restarts the window."""
+        if updates < 0 or lr_scale <= 0 or replay_scale < 0:
+            raise ValueError("updates must be >= 0, lr_scale > 0 and replay_scale >= 0")
+        self._boost = {"left": int(updates), "lr_scale": float(lr_scale),
+                       "replay_scale": float(replay_scale), "task": task}
+
+    @property
+    def adapting(self) -> int:
+        """Updates left in the current drift-adaptation window (0 when none)."""
+        return self._boost["left"]
 
     def counters(self) -> dict:
         """Monotonic counters, JSON-serialisable (a copy)."""
@@ -183,7 +202,9 @@ class Learner:
         self._grow(task, labels)
 
         # Batch: the new samples, then replayed ones of any task, each with its own head.
-        replayed = self.replay.sample(round(self.memory.replay_ratio * n_new))
+        boost = self._boost if self._boost["left"] > 0 else None
+        replay_ratio = self.memory.replay_ratio * (boost["replay_scale"] if boost else 1.0)
+        replayed = self.replay.sample(round(replay_ratio * n_new))
         batch_texts = texts + [m.text for m in replayed]
         batch_tasks = [task] * n_new + [m.task for m in replayed]
         batch_labels = labels + [m.label for m in replayed]
@@ -211,6 +232,10 @@ class Learner:
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
 
         losses: list[float] = []
+        if boost and self.optimizer is not None:
+            base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+            for g in self.optimizer.param_groups:
+                g["lr"] *= boost["lr_scale"]
         loss_value = grad_norm = math.nan
         for _ in range(cfg.steps_per_batch):
             with self._autocast():
@@ -232,6 +257,9 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss_value)
 
+        if boost and self.optimizer is not None:
+            for g, lr in zip(self.optimizer.param_groups, base_lrs):
+                g["lr"] = lr
         counters = self._counters
         counters["optimizer_steps"] += len(losses)
         if not losses:
@@ -242,6 +270,8 @@ class Learner:
         counters["updates"] += 1
         counters["samples_replayed"] += len(replayed)
         self._version += 1
+        if boost:
+            boost["left"] -= 1
         return UpdateStats(sum(losses) / len(losses), n_new, len(replayed), self._version,
                            time.perf_counter() - started, grad_norm)
 

@@ -38,6 +38,7 @@ MALFORMED: list[tuple[bytes, str]] = [
     (b'{"id": "lbl-num", "text": "my card is lost", "label": 3}', "wrong_type"),
     (b'{"id": "only-html", "text": "<p>&nbsp;</p>"}', "empty_after_cleaning"),
     (b'{"id": "bad-ts", "text": "where is my card", "ts": "yesterday"}', "invalid_ts"),
+    (b'{"id": "flood", "text": "x", "pad": "' + b"z" * 70_000 + b'"}', "payload_too_large"),
 ]
 
 
@@ -222,11 +223,11 @@ def run_demo(settings: Settings, *, feedback_limit: int | None = None,
                     labels[ev["id"]] = ev["label"]
             order[topic] = ids
             expected_valid += len(good)
-            batch = interleave(good, bad if topic == k.feedback_topic else bad[:3], duplicates=5)
+            batch = interleave(good, bad if topic == k.feedback_topic else bad[:2], duplicates=5)
             published += publish(bootstrap, topic, batch, rate=rate, progress=False,
                                  producer=producer)
         producer.close()
-        n_bad = len(bad) + 3
+        n_bad = len(bad) + 2
         deadline = time.monotonic() + timeout_s
         last = 0
         while time.monotonic() < deadline:
@@ -274,6 +275,9 @@ def run_demo(settings: Settings, *, feedback_limit: int | None = None,
             summary["tasks"][task] = {"labeled": n, "prequential_early": round(early, 3),
                                       "prequential_late": round(late, 3)}
         (work / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_prequential(labels, follower.predictions,
+                         {task: order.get(topic, []) for topic, task in k.source_topics().items()},
+                         work / "prequential.png")
         print_summary(summary, work)
         ok = summary["predictions"] >= expected_valid
         return 0 if ok else 1
@@ -284,6 +288,36 @@ def run_demo(settings: Settings, *, feedback_limit: int | None = None,
             stop_worker(worker)
         if broker is not None:
             broker.stop()
+
+
+def plot_prequential(labels: dict[str, str], predictions: dict[str, dict],
+                     order: dict[str, list[str]], path: Path, window: int = 100) -> Path | None:
+    """Rolling prequential accuracy per task along the stream (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is a nicety; the summary numbers stand without it
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
+    for task, ids in order.items():
+        hits = [predictions[i]["label"] == labels[i] for i in ids if i in labels and i in predictions]
+        if not hits:
+            continue
+        rolling = [sum(hits[max(0, j - window + 1):j + 1]) / (j + 1 - max(0, j - window + 1))
+                   for j in range(len(hits))]
+        ax.plot(range(1, len(hits) + 1), rolling, label=f"{task} ({len(hits)} labeled)")
+    ax.set_xlabel("labeled events of the task, in stream order")
+    ax.set_ylabel(f"prequential accuracy\n(rolling {window})")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("Predicted before learned: accuracy along the demo stream")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def print_summary(s: dict, work: Path) -> None:

@@ -39,6 +39,9 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # `_created` series double the scrape for no dashboard use
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would flood the worker log
     os.makedirs(settings.checkpoint.dir, exist_ok=True)
     log.info("settings: %r", settings)
     pipeline = build_pipeline(settings)

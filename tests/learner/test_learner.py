@@ -143,3 +143,19 @@ def test_steps_per_batch_and_no_replay(tiny_learner):
     stats = learner.learn_many("intents", TEXTS, LABELS)
     assert stats.n_replay == 0 and stats.model_version == 2
     assert learner.counters()["optimizer_steps"] == 6
+
+
+def test_on_drift_boosts_replay_and_lr_for_n_updates_then_restores(tiny_learner):
+    from learner.config import MemoryConfig
+
+    learner = tiny_learner(memory=MemoryConfig(capacity=100, replay_ratio=1.0))
+    learner.learn_many("t", [f"text {i}" for i in range(8)], ["a", "b"] * 4)
+    base_lrs = [g["lr"] for g in learner.optimizer.param_groups]
+    learner.on_drift("t", updates=2, lr_scale=3.0, replay_scale=2.0)
+    assert learner.adapting == 2
+    stats = learner.learn_many("t", ["x one", "x two"], ["a", "b"])
+    assert stats.n_replay == 4                      # 2 new x ratio 1 x scale 2
+    assert [g["lr"] for g in learner.optimizer.param_groups] == base_lrs
+    learner.learn_many("t", ["y one", "y two"], ["a", "b"])
+    assert learner.adapting == 0
+    assert learner.learn_many("t", ["z one", "z two"], ["a", "b"]).n_replay == 2
