@@ -70,6 +70,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     rate=args.rate, workdir=args.workdir)
 
 
+BENCHMARKS = ("continual", "drift")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"bench.{args.name}")
+    return int(module.main(args.args) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamlearner", description=__doc__)
     parser.add_argument("--loglevel", default=os.environ.get("LOGLEVEL", "info"),
@@ -107,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=None, help="where checkpoints and logs go")
     _add_setting_flags(demo)
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="run a benchmark from bench/ (each has its own --help)")
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments of that benchmark")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
