@@ -23,6 +23,7 @@ from typing import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("accepted", "invalid", "duplicate")
+DRIFT_DETECTORS = (("concept", "adwin"), ("data", "mmd"), ("label", "chi2"))
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -36,6 +37,10 @@ class MetricsConfig:
     port: int = 6066
     host: str = "127.0.0.1"
     prequential_window: int = 200
+    probe_size: int = 50
+    probe_every: int = 10
+    probe_every_updates: int = 20
+    lag_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
@@ -44,6 +49,13 @@ class MetricsConfig:
             raise ValueError("host must not be empty")
         if not isinstance(self.prequential_window, int) or self.prequential_window < 1:
             raise ValueError(f"prequential_window must be >= 1, got {self.prequential_window!r}")
+        if self.probe_size < 0:
+            raise ValueError(f"probe_size must be >= 0, got {self.probe_size!r}")
+        for name in ("probe_every", "probe_every_updates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.lag_interval_s <= 0:
+            raise ValueError(f"lag_interval_s must be > 0, got {self.lag_interval_s!r}")
 
 
 class SlidingAccuracy:
@@ -76,7 +88,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *, topics: Iterable[str] = (),
                  tasks: Iterable[str] = (), reasons: Iterable[str] = (),
-                 prequential_window: int = 200):
+                 prequential_window: int = 200,
+                 drift_detectors: Iterable[tuple[str, str]] = DRIFT_DETECTORS):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.events = Counter("streamlearner_stream_events_total",
@@ -128,6 +141,36 @@ class Metrics:
                                    "Checkpoints written.", registry=r)
         self.last_update = Gauge("streamlearner_learner_last_update_timestamp_seconds",
                                  "Unix time of the last applied update.", registry=r)
+        self.drift_detections = Counter(
+            "streamlearner_learner_drift_detections_total",
+            "Drift detections, by kind (concept / data / label) and detector.",
+            ["task", "kind", "detector"], registry=r)
+        self.drift_statistic = Gauge(
+            "streamlearner_learner_drift_statistic",
+            "Latest drift statistic: recent error rate (concept), MMD² of embeddings (data), "
+            "chi-square of labels (label).", ["task", "kind"], registry=r)
+        self.drift_p_value = Gauge(
+            "streamlearner_learner_drift_p_value",
+            "Permutation p-value of the latest two-sample test (data, label); 1 before the first.",
+            ["task", "kind"], registry=r)
+        self.drift_last = Gauge("streamlearner_learner_drift_last_detection_timestamp_seconds",
+                                "Unix time of the task's last drift detection (0: none yet).",
+                                ["task"], registry=r)
+        self.drift_adapting = Gauge("streamlearner_learner_drift_adaptation_updates",
+                                    "Updates left in the drift adaptation window (boosted "
+                                    "learning rate and replay).", registry=r)
+        self.probe_accuracy = Gauge("streamlearner_learner_probe_accuracy_ratio",
+                                    "Accuracy on the task's held-out probe set (never trained on).",
+                                    ["task"], registry=r)
+        self.forgetting = Gauge("streamlearner_learner_forgetting_ratio",
+                                "Best probe accuracy of the task so far minus the current one.",
+                                ["task"], registry=r)
+        self.consumer_lag = Gauge("streamlearner_stream_consumer_lag_messages",
+                                  "Messages in the partition not yet committed by this worker "
+                                  "(high-water mark minus committed offset).",
+                                  ["topic", "partition"], registry=r)
+        self._drift_detectors = tuple(drift_detectors)
+        self._lag_labels: set[tuple[str, str]] = set()
         self._window = prequential_window
         self._accuracy: dict[str, SlidingAccuracy] = {}
         for topic in topics:
@@ -144,6 +187,13 @@ class Metrics:
             child.labels(task=task)
         for kind in ("new", "replay"):
             self.trained_samples.labels(task=task, kind=kind)
+        for kind, detector in self._drift_detectors:
+            self.drift_detections.labels(task=task, kind=kind, detector=detector)
+            self.drift_statistic.labels(task=task, kind=kind)
+        for kind in ("data", "label"):
+            self.drift_p_value.labels(task=task, kind=kind).set(1.0)
+        for child in (self.drift_last, self.probe_accuracy, self.forgetting):
+            child.labels(task=task)
         self._accuracy.setdefault(task, SlidingAccuracy(self._window))
 
     def observe_prequential(self, task: str, correct: Iterable[bool]) -> float:
@@ -153,6 +203,15 @@ class Metrics:
             acc.update(ok)
         self.prequential_accuracy.labels(task=task).set(acc.value)
         return acc.value
+
+    def observe_lag(self, lags: dict[tuple[str, int], int]) -> None:
+        """Set lag per (topic, partition) now assigned; drop partitions no longer assigned."""
+        current = {(topic, str(partition)) for topic, partition in lags}
+        for labels in list(self._lag_labels - current):
+            self.consumer_lag.remove(*labels)
+        for (topic, partition), lag in lags.items():
+            self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, lag))
+        self._lag_labels = current
 
     def prequential(self, task: str) -> float:
         acc = self._accuracy.get(task)

@@ -5,13 +5,17 @@ No module-level app: :func:`create_app` is called by the worker command and by t
 
 from __future__ import annotations
 
+import logging
+
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.agents.ingest import register_ingest_agent
 from streams.pipeline import Pipeline
-from streams.records import DeadLetter, Prediction
+from streams.records import DeadLetter, DriftAlert, Prediction
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _credentials(kafka):
@@ -29,6 +33,24 @@ def _ssl_context(kafka):
     import ssl
 
     return ssl.create_default_context(cafile=kafka.ssl_cafile)
+
+
+def read_lag(consumer, topics: set[str]) -> dict[tuple[str, int], int]:
+    """High-water mark minus committed offset per assigned source partition (never raises:
+    before the first fetch a partition has no high-water mark and is left out)."""
+    committed = getattr(consumer, "_committed_offset", {})
+    lags = {}
+    try:
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            lags[(tp.topic, tp.partition)] = int(highwater) - int(committed.get(tp) or 0)
+    except Exception:   # a metric must not take the worker down
+        log.debug("consumer lag unavailable", exc_info=True)
+    return lags
 
 
 def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None = None) -> faust.App:
@@ -56,8 +78,12 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
                             key_serializer="raw", value_serializer="json")
     dead_letters = app.topic(k.dead_letter_topic, value_type=DeadLetter, key_type=str,
                              key_serializer="raw", value_serializer="json")
+    drift_alerts = app.topic(k.drift_topic, value_type=DriftAlert, key_type=str,
+                             key_serializer="raw", value_serializer="json")
     pipeline.publish_prediction = lambda key, rec: predictions.send(key=key, value=rec)
     pipeline.publish_dead_letter = lambda key, rec: dead_letters.send(key=key, value=rec)
+    if pipeline.drift is not None:
+        pipeline.drift.publish = lambda key, rec: drift_alerts.send(key=key, value=rec)
 
     for topic_name, task in k.source_topics().items():
         source = app.topic(topic_name, value_type=bytes, value_serializer="raw",
@@ -65,6 +91,11 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         register_ingest_agent(app, source, task, pipeline)
 
     registry = pipeline.metrics.registry
+    sources = set(k.source_topics())
+
+    @app.timer(interval=settings.metrics.lag_interval_s)
+    async def consumer_lag():
+        pipeline.metrics.observe_lag(read_lag(app.consumer, sources))
 
     @app.page("/metrics")
     async def metrics(web, request):

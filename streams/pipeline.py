@@ -1,7 +1,8 @@
 """What an ingestion agent does with one micro-batch, free of Faust so it can be unit-tested.
 
 decode → validate → clean → dedup by id → predict every accepted event (before
-learning: prequential) → publish predictions → labeled, not-recently-seen texts
+learning: prequential) → publish predictions → drift detectors (streams/adaptation.py)
+→ labeled, not-recently-seen texts, less the few held out as probes (streams/probe.py)
 → one learner update on the model thread → checkpoint when due. Each rejected
 event is dead-lettered with its coordinates and reason; nothing is dropped
 silently. The call returns only after the update is applied and every output is
@@ -20,12 +21,14 @@ from monitoring.metrics import Metrics
 from streams.cleaning import clean_event
 from streams.dedup import Deduplicator
 from streams.handoff import ModelThread
+from streams.probe import ProbeSets
 from streams.records import DeadLetter, Event, Prediction, Reason, RejectedEvent, dead_letter, decode_event
 from streams.settings import Settings
 
 if TYPE_CHECKING:
     from learner.checkpoints import CheckpointManager
     from learner.learner import Learner
+    from streams.adaptation import DriftWatch
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ class Pipeline:
 
     def __init__(self, settings: Settings, learner: Learner, metrics: Metrics,
                  model_thread: ModelThread, checkpoints: CheckpointManager | None = None,
-                 dedup: Deduplicator | None = None):
+                 dedup: Deduplicator | None = None, drift: DriftWatch | None = None,
+                 probes: ProbeSets | None = None):
         self.settings = settings
         self.learner = learner
         self.metrics = metrics
@@ -66,9 +70,13 @@ class Pipeline:
         self.dedup = dedup if dedup is not None else Deduplicator(
             id_capacity=settings.stream.dedup_ids,
             text_window=settings.stream.dedup_text_window)
+        self.drift = drift
+        self.probes = probes if probes is not None else ProbeSets(
+            size=settings.metrics.probe_size, every=settings.metrics.probe_every)
         self.publish_prediction: Publish | None = None
         self.publish_dead_letter: Publish | None = None
         self._updates_since_checkpoint = 0
+        self._updates_since_probe = 0
         self._last_checkpoint = time.monotonic()
 
     # -- start / stop ---------------------------------------------------------------------------
@@ -79,6 +87,7 @@ class Pipeline:
         extra = self.model.call(self.checkpoints.load_latest, self.learner)
         if extra:
             self.dedup.load_state_dict(extra.get("dedup", {}))
+            self.probes.load_state_dict(extra.get("probes", {}))
         self._refresh_learner_gauges()
         log.info("resumed at model version %d", self.learner.model_version)
         return self.learner.model_version
@@ -136,11 +145,15 @@ class Pipeline:
                        if event.label is not None]
             if labeled:
                 self.metrics.observe_prequential(task, (p.label == e.label for _, e, p in labeled))
+            if self.drift is not None:
+                deliveries += await self.drift.observe(
+                    task, texts, [p.label != e.label for _, e, p in labeled],
+                    [e.label for _, e, _ in labeled])
             train = []
             for raw, event, _ in labeled:
                 if self.dedup.repeat_text(task, event.text):
                     self.metrics.repeat_texts.labels(task=task).inc()
-                else:
+                elif not self.probes.take(task, event.id, event.text, event.label):
                     train.append((raw, event))
             if train:
                 await self._learn(task, train)
@@ -173,6 +186,13 @@ class Pipeline:
             m.freshness.labels(task=task).observe(max(0.0, done - raw.timestamp))
         self._refresh_learner_gauges()
         self._updates_since_checkpoint += 1
+        self._updates_since_probe += 1
+        if self._updates_since_probe >= self.settings.metrics.probe_every_updates:
+            self._updates_since_probe = 0
+            accuracy = await self.model.run(self.probes.evaluate, self.learner)
+            for probe_task, forgetting in self.probes.record(accuracy).items():
+                m.probe_accuracy.labels(task=probe_task).set(accuracy[probe_task])
+                m.forgetting.labels(task=probe_task).set(forgetting)
         if self.checkpoints is not None and self._checkpoint_due():
             await self.model.run(self._save, self._extra_state())
 
@@ -183,7 +203,7 @@ class Pipeline:
 
     def _extra_state(self) -> dict:
         # Snapshot on the event loop: the dedup sets are mutated there.
-        return {"dedup": self.dedup.state_dict()}
+        return {"dedup": self.dedup.state_dict(), "probes": self.probes.state_dict()}
 
     def _save(self, extra: dict) -> None:
         path = self.checkpoints.save(self.learner, extra=extra)

@@ -249,6 +249,27 @@ class Prediction(faust.Record, serializer="json", include_metadata=False, coerce
     schema_version: int = SCHEMA_VERSION
 
 
+class DriftAlert(faust.Record, serializer="json", include_metadata=False, coerce=True):
+    """A drift detection (``drift-alerts``, key: task). ``kind`` is concept / data / label;
+    ``threshold`` is set for the error-stream detectors, ``p_value`` for the two-sample tests;
+    ``event`` counts the task's events since the worker started; ``action`` says what the
+    worker did (``adapt``: rollback checkpoint + boosted updates; ``boost``: window restarted)."""
+
+    task: str
+    kind: str
+    detector: str
+    statistic: float
+    threshold: float | None
+    p_value: float | None
+    reference_size: int
+    window_size: int
+    event: int
+    model_version: int
+    action: str
+    ts: float
+    schema_version: int = SCHEMA_VERSION
+
+
 class DeadLetter(faust.Record, serializer="json", include_metadata=False, coerce=True):
     """A rejected event with its Kafka coordinates; build it with :func:`dead_letter`.
 

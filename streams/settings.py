@@ -51,6 +51,8 @@ class KafkaConfig:
     predictions_topic: str = field(default="predictions", metadata=_help("Output topic."))
     dead_letter_topic: str = field(default="dead-letters", metadata=_help(
         "Where rejected events go, with coordinates and reason."))
+    drift_topic: str = field(default="drift-alerts", metadata=_help(
+        "Where drift detections go (task, kind, detector, statistic, p-value, windows, ts)."))
     partitions: int = field(default=1, metadata=_help(
         "Partitions when `topics create` makes the topics."))
     replication_factor: int = field(default=1, metadata=_help(
@@ -73,7 +75,8 @@ class KafkaConfig:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.app_id):
             raise ValueError(f"app_id must be letters, digits, '.', '_' or '-', got {self.app_id!r}")
         topics = {}
-        for name in ("feedback_topic", "market_topic", "predictions_topic", "dead_letter_topic"):
+        for name in ("feedback_topic", "market_topic", "predictions_topic", "dead_letter_topic",
+                     "drift_topic"):
             value = getattr(self, name)
             if not _TOPIC_RE.match(value):
                 raise ValueError(f"{name} is not a valid Kafka topic name: {value!r}")
@@ -105,7 +108,7 @@ class KafkaConfig:
 
     def all_topics(self) -> list[str]:
         return [self.feedback_topic, self.market_topic, self.predictions_topic,
-                self.dead_letter_topic]
+                self.dead_letter_topic, self.drift_topic]
 
     def client_kwargs(self) -> dict[str, Any]:
         """Security settings for kafka-python clients."""
@@ -173,6 +176,65 @@ class CheckpointConfig:
             raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
 
 
+@dataclass(frozen=True)
+class DriftConfig:
+    """Drift detection per task (monitoring/drift.py) and what the worker does on a detection."""
+
+    enabled: bool = field(default=True, metadata=_help(
+        "Detect drift (costs one extra encoder pass per micro-batch, for the embeddings)."))
+    concept_detector: str = field(default="adwin", metadata=_help(
+        "Detector on the prequential error stream: adwin or page_hinkley (River)."))
+    adwin_delta: float = field(default=0.002, metadata=_help(
+        "ADWIN confidence: smaller = fewer false alarms, later detections."))
+    ph_threshold: float = field(default=50.0, metadata=_help(
+        "Page-Hinkley threshold (lambda) on the cumulative error-rate rise."))
+    grace: int = field(default=100, metadata=_help(
+        "Labeled events of a task before its concept detector may fire (and after a reset)."))
+    reference: int = field(default=500, metadata=_help(
+        "Events in the reference window of the embedding and label tests."))
+    window: int = field(default=200, metadata=_help(
+        "Events in the recent window compared with the reference."))
+    every: int = field(default=50, metadata=_help(
+        "Run the embedding and label tests every this many events of a task."))
+    p_value: float = field(default=0.001, metadata=_help(
+        "Significance of the permutation tests (MMD on embeddings, chi-square on labels)."))
+    permutations: int = field(default=1000, metadata=_help(
+        "Permutations per test (the smallest p-value is 1/(permutations+1))."))
+    adapt_updates: int = field(default=20, metadata=_help(
+        "After a detection: updates with a raised learning rate and replay ratio."))
+    adapt_lr_scale: float = field(default=2.0, metadata=_help(
+        "Learning-rate multiplier during the adaptation window."))
+    adapt_replay_scale: float = field(default=2.0, metadata=_help(
+        "Replay-ratio multiplier during the adaptation window."))
+    reencode_updates: int = field(default=200, metadata=_help(
+        "Re-encode the embedding reference with the live (fine-tuned) encoder after this many "
+        "model updates, so that training is not mistaken for data drift."))
+
+    def __post_init__(self) -> None:
+        if self.concept_detector not in ("adwin", "page_hinkley"):
+            raise ValueError("concept_detector must be adwin or page_hinkley, "
+                             f"got {self.concept_detector!r}")
+        for name in ("reference", "window", "every", "permutations", "reencode_updates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("grace", "adapt_updates"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.p_value < 1.0:
+            raise ValueError(f"p_value must be in (0, 1), got {self.p_value}")
+        if not 0.0 < self.adwin_delta < 1.0:
+            raise ValueError(f"adwin_delta must be in (0, 1), got {self.adwin_delta}")
+        if self.ph_threshold <= 0:
+            raise ValueError(f"ph_threshold must be > 0, got {self.ph_threshold}")
+        if self.adapt_lr_scale <= 0 or self.adapt_replay_scale < 0:
+            raise ValueError("adapt_lr_scale must be > 0 and adapt_replay_scale >= 0, got "
+                             f"{self.adapt_lr_scale} and {self.adapt_replay_scale}")
+        if self.p_value * (self.permutations + 1) < 1.0:
+            raise ValueError(f"permutations must be >= {int(1 / self.p_value)} for p_value "
+                             f"{self.p_value} (a smaller p-value is impossible), "
+                             f"got {self.permutations}")
+
+
 _LEARNER_HELP = {
     "model": "Encoder: local directory or hub name. Unset: bundled all-MiniLM-L6-v2.",
     "device": "auto (CUDA when present, bf16 autocast there), cpu, cuda or cuda:N.",
@@ -183,7 +245,16 @@ _LEARNER_HELP = {
     "max_length": "Max tokens per text (dynamic padding up to this).",
     "grad_clip": "Gradient-norm clip.",
     "seed": "Random seed.",
-    "freeze_encoder": "Train the heads only.",
+    "freeze_encoder": "Train the heads only (same as LEARNER_MODE=head).",
+    "mode": "head (frozen encoder, cached features), lora (adapters on attention q/k/v) or full.",
+    "strategy": "Anti-forgetting strategy: naive, er, derpp, ewc, lwf, or a '+' composition (er+ewc).",
+    "bias_correction": "ace (new samples compete only among their own labels; counters new-class bias) or none.",
+    "lora_rank": "Rank of the LoRA adapters (mode lora); alpha = 2 x rank.",
+    "lora_layers": "LoRA on the top N encoder layers only (0 = all); fewer layers train faster.",
+    "ewc_lambda": "Online-EWC penalty weight (strategy ewc).",
+    "derpp_alpha": "DER++ logit-matching weight (strategy derpp).",
+    "lwf_alpha": "LwF distillation weight (strategy lwf).",
+    "adv_epsilon": "FGM adversarial-training epsilon on word embeddings (0 = off; modes lora/full).",
 }
 _MEMORY_HELP = {
     "capacity": "Replay memory size (samples, all tasks; class-balanced reservoir).",
@@ -194,6 +265,10 @@ _METRICS_HELP = {
     "port": "Port of the worker's HTTP server (`/metrics`).",
     "host": "Bind address of the HTTP server (0.0.0.0 inside containers).",
     "prequential_window": "Predictions in the sliding prequential-accuracy window.",
+    "probe_size": "Labeled events per task held out of training as a probe set (forgetting).",
+    "probe_every": "One labeled event in this many (by id hash) goes to the probe until it is full.",
+    "probe_every_updates": "Evaluate the probe sets every this many model updates.",
+    "lag_interval_s": "Seconds between consumer-lag readings.",
 }
 
 SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
@@ -203,6 +278,7 @@ SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
     "memory": (MemoryConfig, _MEMORY_HELP),
     "checkpoint": (CheckpointConfig, None),
     "metrics": (MetricsConfig, _METRICS_HELP),
+    "drift": (DriftConfig, None),
 }
 
 
@@ -266,6 +342,7 @@ class Settings:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,

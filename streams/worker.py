@@ -15,6 +15,7 @@ def build_pipeline(settings: Settings):
     from learner.checkpoints import CheckpointManager
     from learner.learner import Learner
     from monitoring.metrics import Metrics
+    from streams.adaptation import DriftWatch, rollback_manager
     from streams.handoff import ModelThread
     from streams.pipeline import Pipeline
     from streams.records import Reason
@@ -22,11 +23,16 @@ def build_pipeline(settings: Settings):
     model_thread = ModelThread(queue_size=settings.stream.handoff_queue)
     # The model is built on its own thread: torch state stays with the thread that uses it.
     learner = model_thread.call(Learner, settings.learner, settings.memory)
+    drift = settings.drift
     metrics = Metrics(topics=settings.kafka.source_topics(), tasks=["feedback", "market"],
                       reasons=[r.value for r in Reason],
-                      prequential_window=settings.metrics.prequential_window)
+                      prequential_window=settings.metrics.prequential_window,
+                      drift_detectors=[("concept", drift.concept_detector), ("data", "mmd"),
+                                       ("label", "chi2")])
     checkpoints = CheckpointManager(settings.checkpoint.dir, keep_last=settings.checkpoint.keep_last)
-    pipeline = Pipeline(settings, learner, metrics, model_thread, checkpoints)
+    watch = DriftWatch(drift, learner, metrics, model_thread,
+                       rollback_manager(settings.checkpoint.dir, settings.checkpoint.keep_last))
+    pipeline = Pipeline(settings, learner, metrics, model_thread, checkpoints, drift=watch)
     pipeline.restore()
     return pipeline
 

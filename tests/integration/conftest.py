@@ -90,6 +90,7 @@ def worker_env(broker, tmp_path):
         "KAFKA_MARKET_TOPIC": f"market-events-{uid}",
         "KAFKA_PREDICTIONS_TOPIC": f"predictions-{uid}",
         "KAFKA_DEAD_LETTER_TOPIC": f"dead-letters-{uid}",
+        "KAFKA_DRIFT_TOPIC": f"drift-alerts-{uid}",
         "KAFKA_SESSION_TIMEOUT_S": "6",
         "STREAM_MAX_WAIT_S": "0.5",
         "METRICS_PORT": str(free_port()),
@@ -97,6 +98,8 @@ def worker_env(broker, tmp_path):
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "LOGLEVEL": "info",
+        # Every labeled event is trained on (the e2e test counts them): no probe hold-out.
+        "METRICS_PROBE_SIZE": "0",
     }
     create_topics(broker.bootstrap, {env[k]: 1 for k in env if k.endswith("_TOPIC")})
     return env

@@ -46,3 +46,14 @@ def test_prequential_gauge_is_a_sliding_window():
 
 def test_sliding_accuracy_empty_is_zero():
     assert SlidingAccuracy(3).value == 0.0
+
+
+def test_drift_and_forgetting_series_are_preinitialised():
+    reg = CollectorRegistry()
+    Metrics(registry=reg, tasks=["feedback"],
+            drift_detectors=[("concept", "page_hinkley"), ("data", "mmd"), ("label", "chi2")])
+    get = reg.get_sample_value
+    assert get("streamlearner_learner_drift_detections_total",
+               {"task": "feedback", "kind": "concept", "detector": "page_hinkley"}) == 0.0
+    assert get("streamlearner_learner_drift_p_value", {"task": "feedback", "kind": "data"}) == 1.0
+    assert get("streamlearner_learner_forgetting_ratio", {"task": "feedback"}) == 0.0

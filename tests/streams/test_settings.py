@@ -60,3 +60,34 @@ def test_every_setting_is_documented_in_readme():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [s.env for s in setting_specs() if f"`{s.env}`" not in readme]
     assert not missing, f"settings missing from the README table: {missing}"
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"DRIFT_WINDOW": "0"}, "DRIFT_WINDOW"),
+    ({"DRIFT_REFERENCE": "-5"}, "DRIFT_REFERENCE"),
+    ({"DRIFT_EVERY": "0"}, "DRIFT_EVERY"),
+    ({"DRIFT_P_VALUE": "0"}, "DRIFT_P_VALUE"),
+    ({"DRIFT_P_VALUE": "1"}, "DRIFT_P_VALUE"),
+    ({"DRIFT_P_VALUE": "1.5"}, "DRIFT_P_VALUE"),
+    ({"DRIFT_P_VALUE": "0.0001"}, "DRIFT_PERMUTATIONS"),
+    ({"DRIFT_CONCEPT_DETECTOR": "ddm"}, "DRIFT_CONCEPT_DETECTOR"),
+    ({"DRIFT_ADWIN_DELTA": "2"}, "DRIFT_ADWIN_DELTA"),
+    ({"KAFKA_DRIFT_TOPIC": "predictions"}, "KAFKA_DRIFT_TOPIC"),
+    ({"METRICS_PROBE_SIZE": "-1"}, "METRICS_PROBE_SIZE"),
+])
+def test_bad_drift_settings_fail_fast_naming_the_setting(env, name):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert str(err.value).startswith(name), str(err.value)
+
+
+def test_worker_refuses_to_start_on_a_bad_drift_setting():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DRIFT_WINDOW="0")
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "bad setting: DRIFT_WINDOW: window must be >= 1, got 0" in out.stderr

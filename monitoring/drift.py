@@ -1,0 +1,297 @@
+"""Drift detectors of one task, handed numbers: prediction errors, embeddings, labels.
+
+Three kinds, one detector each (River's detectors for the error stream, not rewrites):
+
+* ``concept``: the prequential error stream (1 = the prediction made before learning was wrong)
+  through River's ADWIN (default) or Page-Hinkley. Only a *rise* of the error rate is a
+  drift: a learner that gets better also changes its error stream, and that is no alarm.
+* ``data``: encoder embeddings of incoming events, labeled or not. A reference window and a
+  recent window are compared every ``every`` events by the (biased) MMD² with a Gaussian
+  kernel (median-distance bandwidth) and a permutation p-value (Gretton et al. 2012).
+* ``label``: labels of recent labeled events vs the reference window, chi-square statistic
+  with a permutation p-value (exact enough with many classes and few events per class).
+
+The tests cost milliseconds for labels and ~20-50 ms for embeddings (800 points, 1,000
+permutations); the worker runs the embedding test on its model thread, never on the event
+loop. After a detection the reference is rebuilt from the events that follow (the new regime).
+
+>>> import numpy as np
+>>> d = LabelShift(reference=60, window=60, every=20, p_value=0.01, permutations=200, seed=0)
+>>> for label in ["a", "b"] * 30 + ["c"] * 60:
+...     _ = d.update([label])
+...     if d.drift_detected:
+...         break
+>>> d.drift_detected, d.last.statistic > 0
+(True, True)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+CONCEPT_DETECTORS = ("adwin", "page_hinkley")
+KINDS = ("concept", "data", "label")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One drift detection: what a ``drift-alerts`` record carries."""
+
+    task: str
+    kind: str                   # concept / data / label
+    detector: str               # adwin / page_hinkley / mmd / chi2
+    statistic: float            # error rate, MMD² or chi-square
+    threshold: float | None     # detector threshold (ADWIN delta, Page-Hinkley lambda)
+    p_value: float | None       # permutation p-value of the two-sample tests
+    reference_size: int         # events in the reference window (concept: ADWIN width before)
+    window_size: int            # events in the recent window (concept: ADWIN width after)
+    event: int                  # index of the triggering event in this task's stream
+    ts: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TestResult:
+    statistic: float
+    p_value: float
+
+
+def _perm_p_value(observed: float, permuted: np.ndarray) -> float:
+    return float((1 + np.count_nonzero(permuted >= observed)) / (len(permuted) + 1))
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 1000,
+             rng: np.random.Generator | None = None) -> TestResult:
+    """Biased MMD² between samples ``x`` (n, d) and ``y`` (m, d) and its permutation p-value.
+
+    >>> rng = np.random.default_rng(0)
+    >>> same = mmd_test(rng.normal(size=(80, 4)), rng.normal(size=(80, 4)), 200, rng)
+    >>> shifted = mmd_test(rng.normal(size=(80, 4)), rng.normal(1.0, size=(80, 4)), 200, rng)
+    >>> same.p_value > 0.05, shifted.p_value < 0.01
+    (True, True)
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    z = np.concatenate([x, y]).astype(np.float64)                 # (N, d)
+    sq = (z * z).sum(1)
+    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)  # (N, N)
+    median = np.median(dist[np.triu_indices(len(z), k=1)])
+    kernel = np.exp(-dist / max(median, 1e-12))                    # (N, N)
+    n, m = len(x), len(y)
+    w = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])  # (N,)
+    observed = float(w @ kernel @ w)
+    perms = w[rng.random((permutations, len(z))).argsort(axis=1)]  # (P, N)
+    permuted = ((perms @ kernel) * perms).sum(1)                   # (P,)
+    return TestResult(observed, _perm_p_value(observed, permuted))
+
+
+def chi2_test(reference: Sequence[int], recent: Sequence[int], permutations: int = 1000,
+              rng: np.random.Generator | None = None) -> TestResult:
+    """Chi-square statistic of a 2×K table of class ids, with a permutation p-value."""
+    rng = rng if rng is not None else np.random.default_rng()
+    codes = np.concatenate([np.asarray(reference), np.asarray(recent)])
+    _, codes = np.unique(codes, return_inverse=True)
+    k = int(codes.max()) + 1
+    if k < 2:
+        return TestResult(0.0, 1.0)
+    n = len(reference)
+    onehot = np.eye(k)[codes]                                      # (N, K)
+    totals = onehot.sum(0)                                         # (K,)
+    share = np.array([n, len(codes) - n]) / len(codes)             # (2,)
+    expected = share[:, None] * totals[None, :]                    # (2, K)
+
+    def chi2(first: np.ndarray) -> np.ndarray:                     # (..., K) counts of row 1
+        rows = np.stack([first, totals - first], axis=-2)          # (..., 2, K)
+        return ((rows - expected) ** 2 / expected).sum(axis=(-2, -1))
+
+    observed = float(chi2(onehot[:n].sum(0)))
+    first = codes[rng.random((permutations, len(codes))).argsort(axis=1)[:, :n]]  # (P, n)
+    flat = (first + k * np.arange(permutations)[:, None]).ravel()
+    permuted = chi2(np.bincount(flat, minlength=permutations * k).reshape(permutations, k))
+    return TestResult(observed, _perm_p_value(observed, permuted))
+
+
+class ConceptDrift:
+    """River's ADWIN or Page-Hinkley on the 0/1 prequential error stream; rises only.
+
+    >>> d = ConceptDrift("adwin")
+    >>> hits = [i for i, e in enumerate([0] * 500 + [1] * 100) if d.update(e).drift_detected]
+    >>> 500 <= hits[0] < 560
+    True
+    """
+
+    def __init__(self, detector: str = "adwin", *, delta: float = 0.002,
+                 threshold: float = 50.0, grace: int = 100, window: int = 200):
+        if detector not in CONCEPT_DETECTORS:
+            raise ValueError(f"detector must be one of {CONCEPT_DETECTORS}, got {detector!r}")
+        self.detector = detector
+        self.delta = delta
+        self.threshold = threshold
+        self.grace = grace
+        self.window = window
+        self._reset()
+
+    def _reset(self) -> None:
+        from river import drift
+
+        if self.detector == "adwin":
+            self._river = drift.ADWIN(delta=self.delta)
+        else:
+            self._river = drift.PageHinkley(threshold=self.threshold, mode="up")
+        self._recent: deque[float] = deque(maxlen=self.window)
+        self._seen = 0
+        self._detected = False
+        self.last: Detection | None = None
+
+    def reset(self) -> None:
+        """Start over (after an adaptation): a fresh River detector, grace period again."""
+        self._reset()
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    @property
+    def error_rate(self) -> float:
+        return sum(self._recent) / len(self._recent) if self._recent else 0.0
+
+    def update(self, error: float, *, task: str = "", event: int = 0) -> "ConceptDrift":
+        self._detected = False
+        self._seen += 1
+        self._recent.append(float(error))
+        river = self._river
+        before_mean = getattr(river, "estimation", None)
+        before_width = int(getattr(river, "width", self._seen))
+        river.update(float(error))
+        if not river.drift_detected or self._seen <= self.grace:
+            return self
+        if self.detector == "adwin" and not river.estimation > before_mean:
+            return self   # the error rate fell: the learner got better
+        self._detected = True
+        self.last = Detection(
+            task=task, kind="concept", detector=self.detector, statistic=self.error_rate,
+            threshold=self.delta if self.detector == "adwin" else self.threshold, p_value=None,
+            reference_size=before_width, window_size=int(getattr(river, "width", len(self._recent))),
+            event=event)
+        return self
+
+
+class _WindowTest:
+    """Reference window (first ``reference`` items), recent window, a test every ``every``."""
+
+    kind = ""
+    detector = ""
+
+    def __init__(self, *, reference: int = 500, window: int = 300, every: int = 50,
+                 p_value: float = 0.001, permutations: int = 1000, seed: int = 0):
+        self.reference = reference
+        self.window = window
+        self.every = every
+        self.p_value = p_value
+        self.permutations = permutations
+        self.seed = seed
+        self._reset()
+
+    def _reset(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+        self._detected = False
+        self.last: Detection | None = None
+        self.last_test: TestResult | None = None
+        self.reset_reference()
+
+    def reset_reference(self) -> None:
+        """Forget both windows: the next ``reference`` items form the new reference."""
+        self._ref: list = []
+        self._recent: deque = deque(maxlen=self.window)
+        self._since_test = 0
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    @property
+    def ready(self) -> bool:
+        return len(self._ref) >= self.reference and len(self._recent) >= self.window
+
+    def _add(self, items: Iterable) -> None:
+        for item in items:
+            if len(self._ref) < self.reference:
+                self._ref.append(item)
+            else:
+                self._recent.append(item)
+                self._since_test += 1
+
+    def due(self) -> bool:
+        return self.ready and self._since_test >= self.every
+
+    def update(self, items: Iterable, *, task: str = "", event: int = 0) -> "_WindowTest":
+        """Add items; run the test when due. A detection resets the reference."""
+        self._detected = False
+        self._add(items)
+        if not self.due():
+            return self
+        self._since_test = 0
+        result = self.last_test = self._test()
+        if result.p_value <= self.p_value:
+            self._detected = True
+            self.last = Detection(task=task, kind=self.kind, detector=self.detector,
+                                  statistic=result.statistic, threshold=None,
+                                  p_value=result.p_value, reference_size=len(self._ref),
+                                  window_size=len(self._recent), event=event)
+            self.reset_reference()
+        return self
+
+    def _test(self) -> TestResult:
+        raise NotImplementedError
+
+
+class EmbeddingDrift(_WindowTest):
+    """MMD two-sample test on encoder embeddings (rows of (B, H) arrays)."""
+
+    kind, detector = "data", "mmd"
+
+    def update(self, embeddings: np.ndarray, *, task: str = "", event: int = 0) -> "EmbeddingDrift":
+        return super().update(np.asarray(embeddings, dtype=np.float32), task=task, event=event)
+
+    def replace_reference(self, embeddings: np.ndarray) -> None:
+        """Swap in re-encoded reference rows (same events, a newer encoder)."""
+        if len(embeddings) != len(self._ref):
+            raise ValueError(f"expected {len(self._ref)} rows, got {len(embeddings)}")
+        self._ref = list(np.asarray(embeddings, dtype=np.float32))
+
+    def replace_recent(self, embeddings: np.ndarray) -> None:
+        self._recent = deque(np.asarray(embeddings, dtype=np.float32), maxlen=self.window)
+
+    def _test(self) -> TestResult:
+        return mmd_test(np.stack(self._ref), np.stack(self._recent), self.permutations, self._rng)
+
+
+class LabelShift(_WindowTest):
+    """Chi-square permutation test of recent labels vs the reference labels."""
+
+    kind, detector = "label", "chi2"
+
+    def _reset(self) -> None:
+        self._codes: dict[str, int] = {}
+        super()._reset()
+
+    def update(self, labels: Iterable[str], *, task: str = "", event: int = 0) -> "LabelShift":
+        codes = [self._codes.setdefault(label, len(self._codes)) for label in labels]
+        return super().update(codes, task=task, event=event)
+
+    def distance(self) -> float:
+        """Total-variation distance between the two windows' label distributions."""
+        if not self._ref or not self._recent:
+            return 0.0
+        ref, rec = Counter(self._ref), Counter(self._recent)
+        return 0.5 * sum(abs(ref[k] / len(self._ref) - rec[k] / len(self._recent))
+                         for k in set(ref) | set(rec))
+
+    def _test(self) -> TestResult:
+        return chi2_test(self._ref, list(self._recent), self.permutations, self._rng)

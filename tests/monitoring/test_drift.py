@@ -1,0 +1,70 @@
+"""Drift detectors on synthetic streams: they fire on a shift, stay quiet without one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitoring.drift import (ConceptDrift, EmbeddingDrift, LabelShift, chi2_test, mmd_test)
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_concept_fires_on_error_rise_within_a_few_hundred_events(detector):
+    rng = np.random.default_rng(0)
+    errors = np.concatenate([rng.random(2000) < 0.1, rng.random(1000) < 0.6])
+    d = ConceptDrift(detector)
+    hits = [t for t, e in enumerate(errors) if d.update(e, task="t", event=t).drift_detected]
+    assert hits and 2000 <= hits[0] < 2300, hits[:3]
+    assert d.last.kind == "concept" and d.last.detector == detector and d.last.task == "t"
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_concept_ignores_a_learner_getting_better(detector):
+    rng = np.random.default_rng(1)
+    errors = np.concatenate([rng.random(1000) < 0.7, rng.random(3000) < 0.1])
+    d = ConceptDrift(detector)
+    assert not any(d.update(e).drift_detected for e in errors)
+
+
+def test_concept_respects_grace():
+    d = ConceptDrift("adwin", grace=10_000)
+    assert not any(d.update(e).drift_detected for e in [0] * 500 + [1] * 500)
+
+
+def test_concept_rejects_unknown_detector():
+    with pytest.raises(ValueError, match="detector"):
+        ConceptDrift("ddm")
+
+
+def test_mmd_calibrated_under_the_null_and_powerful_under_a_shift():
+    rng = np.random.default_rng(2)
+    p_null = [mmd_test(rng.normal(size=(60, 8)), rng.normal(size=(60, 8)), 200, rng).p_value
+              for _ in range(20)]
+    assert np.mean(np.array(p_null) <= 0.05) <= 0.2
+    shifted = mmd_test(rng.normal(size=(60, 8)), rng.normal(0.8, size=(60, 8)), 200, rng)
+    assert shifted.p_value < 0.01 and shifted.statistic > 0
+
+
+def test_chi2_single_class_is_no_evidence():
+    assert chi2_test([0, 0, 0], [0, 0], 50).p_value == 1.0
+
+
+def test_embedding_drift_windows_reset_after_detection():
+    rng = np.random.default_rng(3)
+    d = EmbeddingDrift(reference=100, window=60, every=20, p_value=0.01, permutations=200)
+    fired = []
+    for t in range(400):
+        x = rng.normal(2.0 if t >= 200 else 0.0, size=(1, 4))
+        if d.update(x, task="t", event=t).drift_detected:
+            fired.append(t)
+    assert fired and 200 <= fired[0] < 280
+    assert d.last.kind == "data" and d.last.p_value <= 0.01
+    assert d.last.reference_size == 100 and d.last.window_size == 60
+
+
+def test_label_shift_quiet_when_stationary():
+    rng = np.random.default_rng(4)
+    d = LabelShift(reference=200, window=100, every=25, p_value=0.001, permutations=1000)
+    labels = rng.choice(list("abcdefghij"), size=1500)
+    assert not any(d.update([x]).drift_detected for x in labels)
+    assert 0.0 <= d.distance() <= 1.0
