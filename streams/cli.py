@@ -70,7 +70,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     rate=args.rate, workdir=args.workdir)
 
 
-BENCHMARKS = ("continual", "drift")
+def cmd_distill(args: argparse.Namespace) -> int:
+    from streams.distill_cli import run_distill
+
+    settings = _settings(args)
+    if args.layers < 1 or args.epochs < 1:
+        raise SettingsError("--layers and --epochs must be >= 1")
+    run_distill(settings, texts=args.texts, task=args.task, layers=args.layers,
+                epochs=args.epochs, out=args.out)
+    return 0
+
+
+BENCHMARKS = ("continual", "drift", "explain", "distill")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -117,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=None, help="where checkpoints and logs go")
     _add_setting_flags(demo)
     demo.set_defaults(func=cmd_demo)
+
+    dist = sub.add_parser("distill", help="distil the newest checkpoint into a smaller student")
+    dist.add_argument("--texts", action="append", default=[],
+                      help="extra .jsonl/.csv stream text (repeatable; labeled or not)")
+    dist.add_argument("--task", default="feedback", help="task of --texts events without one")
+    dist.add_argument("--layers", type=int, default=2, help="student layers (teacher's first N)")
+    dist.add_argument("--epochs", type=int, default=3)
+    dist.add_argument("--out", default=None, help="default: CHECKPOINT_DIR/student")
+    _add_setting_flags(dist)
+    dist.set_defaults(func=cmd_distill)
 
     bench = sub.add_parser("bench", help="run a benchmark from bench/ (each has its own --help)")
     bench.add_argument("name", choices=BENCHMARKS)

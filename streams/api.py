@@ -1,0 +1,217 @@
+"""HTTP API of the worker, on Faust's web server beside ``/metrics``.
+
+``POST /predict``, ``POST /explain``, ``GET /status``, ``GET /readyz`` and the OpenAPI
+description at ``GET /openapi.json``. Model work runs on the model thread (the same
+bounded hand-off the agents use), so a request never races an update or a hot swap.
+Every bad request gets a 4xx with a JSON ``{"error": code, "message": ...}``; nothing
+a client sends can raise a 500 or stop the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust import web
+
+from streams.cleaning import clean_text
+
+if TYPE_CHECKING:
+    from learner.serving import ServingModel
+    from streams.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+MAX_TEXTS = 256
+METHODS = ("ig", "gxi")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _object(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise ApiError(400, "not_an_object", "request body must be a JSON object")
+    return body
+
+
+def _task(body: dict, tasks: list[str]) -> str:
+    task = body.get("task")
+    if not isinstance(task, str) or not task:
+        raise ApiError(400, "missing_field", "field 'task' (string) is required")
+    if task not in tasks:
+        raise ApiError(404, "unknown_task", f"unknown task {task!r}; tasks: {', '.join(tasks)}")
+    return task
+
+
+def _texts(body: dict, max_chars: int, *, single: bool = False) -> list[str]:
+    if "texts" in body and not single:
+        texts = body["texts"]
+        if not isinstance(texts, list) or not texts:
+            raise ApiError(400, "wrong_type", "field 'texts' must be a non-empty list of strings")
+    elif "text" in body:
+        texts = [body["text"]]
+    else:
+        raise ApiError(400, "missing_field", "field 'text' (string)" +
+                       ("" if single else " or 'texts' (list of strings)") + " is required")
+    if len(texts) > MAX_TEXTS:
+        raise ApiError(413, "too_many_texts", f"at most {MAX_TEXTS} texts per request, got {len(texts)}")
+    cleaned = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ApiError(400, "wrong_type", f"text {i} must be a string, got {type(text).__name__}")
+        if len(text) > max_chars:
+            raise ApiError(413, "text_too_long", f"text {i} has {len(text)} characters; max {max_chars}")
+        clean = clean_text(text)
+        if not clean:
+            raise ApiError(422, "empty_text", f"text {i} is empty after cleaning")
+        cleaned.append(clean)
+    return cleaned
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except Exception:
+        raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+    return _object(body)
+
+
+def openapi(tasks: list[str], max_chars: int) -> dict:
+    text = {"type": "string", "minLength": 1, "maxLength": max_chars}
+    error = {"type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
+    errors = {str(c): {"description": d, "content": {"application/json": {"schema": error}}}
+              for c, d in ((400, "malformed request"), (404, "unknown task"),
+                           (409, "task has no labels yet"), (413, "too large"),
+                           (422, "unprocessable text or label"))}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "streamlearner worker API", "version": "1"},
+        "paths": {
+            "/predict": {"post": {
+                "summary": "Predict labels (with the full class distribution) for one or many texts",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["task"],
+                    "properties": {"task": {"type": "string", "enum": tasks}, "text": text,
+                                   "texts": {"type": "array", "items": text, "maxItems": MAX_TEXTS}}}}}},
+                "responses": {"200": {"description": "predictions, model version and latency"}, **errors}}},
+            "/explain": {"post": {
+                "summary": "Per-word attributions for the predicted (or a chosen) label",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["task", "text"],
+                    "properties": {"task": {"type": "string", "enum": tasks}, "text": text,
+                                   "label": {"type": "string"},
+                                   "method": {"type": "string", "enum": list(METHODS), "default": "ig"}}}}}},
+                "responses": {"200": {"description": "words with scores, and an HTML rendering"}, **errors}}},
+            "/status": {"get": {"summary": "Model version, labels, replay memory, last update, drift",
+                                "responses": {"200": {"description": "status"}}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness: model loaded and partitions assigned",
+                                "responses": {"200": {"description": "ready"},
+                                              "503": {"description": "not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        },
+    }
+
+
+def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") -> None:
+    settings = pipeline.settings
+    tasks = sorted(set(settings.kafka.source_topics().values()))
+    max_chars = settings.stream.max_text_chars
+    spec = openapi(tasks, max_chars)
+
+    def fail(view: web.View, err: ApiError) -> web.Response:
+        return view.json({"error": err.code, "message": err.message}, status=err.status)
+
+    @app.page("/predict")
+    class Predict(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            try:
+                body = await _json_body(request)
+                task = _task(body, tasks)
+                texts = _texts(body, max_chars)
+
+                def work():
+                    model = serving.current
+                    probs = serving.predict_proba(task, texts)
+                    return serving.name, model.model_version, probs
+
+                name, version, probs = await pipeline.model.run(work)
+            except ApiError as err:
+                return fail(self, err)
+            out = []
+            for dist in probs:
+                label = max(dist, key=dist.get) if dist else None
+                out.append({"label": label, "confidence": dist.get(label, 0.0) if label else 0.0,
+                            "probabilities": dist})
+            return self.json({"task": task, "model": name, "model_version": version,
+                              "predictions": out, "latency_seconds": time.perf_counter() - started})
+
+    @app.page("/explain")
+    class Explain(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            try:
+                body = await _json_body(request)
+                task = _task(body, tasks)
+                [text] = _texts(body, max_chars, single=True)
+                method = body.get("method", "ig")
+                if method not in METHODS:
+                    raise ApiError(422, "unknown_method", f"method must be one of {METHODS}")
+                label = body.get("label")
+                if label is not None and not isinstance(label, str):
+                    raise ApiError(400, "wrong_type", "field 'label' must be a string")
+
+                def work():
+                    from learner.explain import Explainer
+
+                    model = serving.current
+                    known = model.labels(task)
+                    if not known:
+                        raise ApiError(409, "no_labels", f"task {task!r} has not learned any label yet")
+                    if label is not None and label not in known:
+                        raise ApiError(422, "unknown_label", f"{label!r} is not a label of {task!r}")
+                    return Explainer(model).explain(task, text, label=label, method=method)
+
+                ex = await pipeline.model.run(work)
+            except ApiError as err:
+                return fail(self, err)
+            return self.json({**ex.to_dict(), "text": ex.text, "html": ex.to_html()})
+
+    @app.page("/status")
+    class Status(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            learner = pipeline.learner
+            drift = getattr(pipeline, "drift_state", None)
+            return self.json({
+                "model_version": learner.model_version,
+                "serving": {"model": serving.name, "model_version": serving.model_version,
+                            "swaps": serving.swaps, "serve_setting": serving.serve},
+                "labels": {t: learner.labels(t) for t in learner.tasks()},
+                "memory": learner.replay.sizes(),
+                "last_update_ts": getattr(pipeline, "last_update_ts", None),
+                "adapting_updates_left": getattr(learner, "adapting", 0),
+                "drift": drift() if callable(drift) else drift,
+            })
+
+    @app.page("/readyz")
+    class Ready(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            try:
+                assigned = len(app.consumer.assignment())
+            except Exception:
+                assigned = 0
+            ready = assigned > 0
+            return self.json({"ready": ready, "assigned_partitions": assigned,
+                              "model_version": pipeline.learner.model_version},
+                             status=200 if ready else 503)
+
+    @app.page("/openapi.json")
+    class OpenApi(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            return self.json(spec)

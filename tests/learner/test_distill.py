@@ -1,0 +1,49 @@
+import pytest
+
+from learner.distill import DistillConfig, Sample, distill, load_student, make_student, save_student
+from learner.serving import ServingModel, predict_proba
+
+
+@pytest.fixture
+def teacher(tiny_learner):
+    learner = tiny_learner()
+    texts = ["card stolen", "card lost", "rate of euro", "exchange rate"] * 4
+    labels = ["lost", "lost", "rate", "rate"] * 4
+    learner.learn_many("feedback", texts, labels)
+    learner.learn_many("market", ["profit up", "loss widens"], ["positive", "negative"])
+    return learner
+
+
+def test_student_is_cut_from_the_teacher_and_distils(teacher, tmp_path):
+    student = make_student(teacher, tmp_path, layers=1)
+    assert student.model.encoder.config.num_hidden_layers == 1
+    assert student.labels("feedback") == teacher.labels("feedback")
+    assert student.model_version == teacher.model_version
+    samples = [Sample("feedback", t, None) for t in ["card stolen", "exchange rate", "lost card"]]
+    samples += [Sample("market", "profit up", "positive")]
+    stats = distill(teacher, student, samples, DistillConfig(layers=1, epochs=2, batch_size=2))
+    assert stats["samples"] == 4 and stats["steps"] > 0
+
+
+def test_saved_student_loads_and_hot_swaps(teacher, tmp_path):
+    student = make_student(teacher, tmp_path, layers=1)
+    serving = ServingModel(teacher, serve="student", student_dir=tmp_path)
+    assert serving.name == "teacher" and not serving.maybe_reload()   # nothing saved yet
+    save_student(student, tmp_path, teacher_version=teacher.model_version)
+    assert serving.maybe_reload() and serving.name == "student"
+    assert not serving.maybe_reload()                                   # unchanged: no swap
+    loaded = load_student(tmp_path, teacher.config)
+    texts = ["card stolen", "exchange rate"]
+    assert [p.label for p in loaded.predict_many("feedback", texts)] == \
+        [p.label for p in student.predict_many("feedback", texts)]
+    dist = predict_proba(serving.current, "feedback", texts)
+    assert all(abs(sum(d.values()) - 1) < 1e-5 for d in dist)
+
+
+def test_config_and_layer_validation(teacher, tmp_path):
+    with pytest.raises(ValueError, match="layers"):
+        DistillConfig(layers=0)
+    with pytest.raises(ValueError, match="layers must be in"):
+        make_student(teacher, tmp_path, layers=9)
+    with pytest.raises(ValueError, match="serve"):
+        ServingModel(teacher, serve="both")
