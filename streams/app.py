@@ -11,8 +11,9 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.agents.ingest import register_ingest_agent
+from streams.api import register_api
 from streams.pipeline import Pipeline
-from streams.records import DeadLetter, DriftAlert, Prediction
+from streams.records import DeadLetter, DriftAlert, ExplanationRecord, Prediction
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
                              key_serializer="raw", value_serializer="json")
     drift_alerts = app.topic(k.drift_topic, value_type=DriftAlert, key_type=str,
                              key_serializer="raw", value_serializer="json")
+    explanations = app.topic(k.explanations_topic, value_type=ExplanationRecord, key_type=str,
+                             key_serializer="raw", value_serializer="json")
+    pipeline.publish_explanation = lambda key, rec: explanations.send(key=key, value=rec)
     pipeline.publish_prediction = lambda key, rec: predictions.send(key=key, value=rec)
     pipeline.publish_dead_letter = lambda key, rec: dead_letters.send(key=key, value=rec)
     if pipeline.drift is not None:
@@ -102,6 +106,15 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         # aiohttp refuses a charset inside content_type; Prometheus reads 0.0.4 text as is.
         return web.bytes(generate_latest(registry),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
+
+    serving = pipeline.serving
+    if serving is not None:
+        register_api(app, pipeline, serving)
+        if serving.serve == "student":
+            @app.timer(interval=settings.serve.reload_interval_s)
+            async def reload_student():
+                # On the model thread: the swap lands between two jobs, never under one.
+                await pipeline.model.run(serving.maybe_reload)
 
     @app.page("/healthz")
     async def healthz(web, request):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
@@ -22,10 +23,12 @@ from streams.cleaning import clean_event
 from streams.dedup import Deduplicator
 from streams.handoff import ModelThread
 from streams.probe import ProbeSets
-from streams.records import DeadLetter, Event, Prediction, Reason, RejectedEvent, dead_letter, decode_event
+from streams.records import (DeadLetter, Event, ExplanationRecord, Prediction, Reason,
+                             RejectedEvent, dead_letter, decode_event)
 from streams.settings import Settings
 
 if TYPE_CHECKING:
+    from learner.serving import ServingModel
     from learner.checkpoints import CheckpointManager
     from learner.learner import Learner
     from streams.adaptation import DriftWatch
@@ -61,7 +64,7 @@ class Pipeline:
     def __init__(self, settings: Settings, learner: Learner, metrics: Metrics,
                  model_thread: ModelThread, checkpoints: CheckpointManager | None = None,
                  dedup: Deduplicator | None = None, drift: DriftWatch | None = None,
-                 probes: ProbeSets | None = None):
+                 probes: ProbeSets | None = None, serving: ServingModel | None = None):
         self.settings = settings
         self.learner = learner
         self.metrics = metrics
@@ -73,8 +76,12 @@ class Pipeline:
         self.drift = drift
         self.probes = probes if probes is not None else ProbeSets(
             size=settings.metrics.probe_size, every=settings.metrics.probe_every)
+        self.serving = serving
         self.publish_prediction: Publish | None = None
         self.publish_dead_letter: Publish | None = None
+        self.publish_explanation: Publish | None = None
+        self.last_update_ts: float | None = None
+        self._explain_rng = random.Random(0)
         self._updates_since_checkpoint = 0
         self._updates_since_probe = 0
         self._last_checkpoint = time.monotonic()
@@ -132,7 +139,8 @@ class Pipeline:
         if accepted:
             texts = [event.text for _, event in accepted]
             started = time.perf_counter()
-            predictions = await self.model.run(self.learner.predict_many, task, texts)
+            predict = self.serving.predict_many if self.serving is not None else self.learner.predict_many
+            predictions = await self.model.run(predict, task, texts)
             self.metrics.predict_duration.labels(task=task).observe(time.perf_counter() - started)
             now = time.time()
             for (_, event), pred in zip(accepted, predictions):
@@ -141,6 +149,7 @@ class Pipeline:
                                     model_version=pred.model_version, ts=now)
                 deliveries.append(await self.publish_prediction(event.id, record))
             self.metrics.predictions.labels(task=task).inc(len(accepted))
+            deliveries += await self._explain_sample(task, accepted, predictions)
             labeled = [(raw, event, pred) for (raw, event), pred in zip(accepted, predictions)
                        if event.label is not None]
             if labeled:
@@ -182,6 +191,7 @@ class Pipeline:
         m.trained_samples.labels(task=task, kind="replay").inc(stats.n_replay)
         m.loss.labels(task=task).set(stats.loss)
         m.last_update.set(done)
+        self.last_update_ts = done
         for raw, _ in train:
             m.freshness.labels(task=task).observe(max(0.0, done - raw.timestamp))
         self._refresh_learner_gauges()
@@ -195,6 +205,34 @@ class Pipeline:
                 m.forgetting.labels(task=probe_task).set(forgetting)
         if self.checkpoints is not None and self._checkpoint_due():
             await self.model.run(self._save, self._extra_state())
+
+    async def _explain_sample(self, task: str, accepted: list[tuple[RawEvent, Event]],
+                              predictions) -> list[Awaitable[Any]]:
+        """Explain a sampled fraction of this batch's predictions (SERVE_EXPLAIN_FRACTION)."""
+        fraction = self.settings.serve.explain_fraction
+        if fraction <= 0 or self.publish_explanation is None:
+            return []
+        out = []
+        for (_, event), pred in zip(accepted, predictions):
+            if pred.label is None or self._explain_rng.random() >= fraction:
+                continue
+            model = self.serving.current if self.serving is not None else self.learner
+            try:
+                ex = await self.model.run(self._explain, model, task, event.text)
+            except Exception:  # an explanation is a nicety; never fail the batch for it
+                log.exception("explanation of %s failed", event.id)
+                continue
+            record = ExplanationRecord(id=event.id, task=task, label=ex.label,
+                                       probability=ex.probability, method=ex.method,
+                                       model_version=ex.model_version,
+                                       words=ex.to_dict()["words"], ts=time.time())
+            out.append(await self.publish_explanation(event.id, record))
+        return out
+
+    def _explain(self, model, task: str, text: str):
+        from learner.explain import Explainer
+
+        return Explainer(model).explain(task, text, method=self.settings.serve.explain_method)
 
     def _checkpoint_due(self) -> bool:
         cfg = self.settings.checkpoint

@@ -270,6 +270,21 @@ class DriftAlert(faust.Record, serializer="json", include_metadata=False, coerce
     schema_version: int = SCHEMA_VERSION
 
 
+class ExplanationRecord(faust.Record, serializer="json", include_metadata=False, coerce=True):
+    """Word attributions for one stream prediction (``explanations``, key: event id);
+    ``words`` holds ``{"word", "start", "end", "score"}`` objects in text order."""
+
+    id: str
+    task: str
+    label: str
+    probability: float
+    method: str
+    model_version: int
+    words: list
+    ts: float
+    schema_version: int = SCHEMA_VERSION
+
+
 class DeadLetter(faust.Record, serializer="json", include_metadata=False, coerce=True):
     """A rejected event with its Kafka coordinates; build it with :func:`dead_letter`.
 

@@ -53,6 +53,8 @@ class KafkaConfig:
         "Where rejected events go, with coordinates and reason."))
     drift_topic: str = field(default="drift-alerts", metadata=_help(
         "Where drift detections go (task, kind, detector, statistic, p-value, windows, ts)."))
+    explanations_topic: str = field(default="explanations", metadata=_help(
+        "Where sampled stream explanations go (SERVE_EXPLAIN_FRACTION > 0)."))
     partitions: int = field(default=1, metadata=_help(
         "Partitions when `topics create` makes the topics."))
     replication_factor: int = field(default=1, metadata=_help(
@@ -76,7 +78,7 @@ class KafkaConfig:
             raise ValueError(f"app_id must be letters, digits, '.', '_' or '-', got {self.app_id!r}")
         topics = {}
         for name in ("feedback_topic", "market_topic", "predictions_topic", "dead_letter_topic",
-                     "drift_topic"):
+                     "drift_topic", "explanations_topic"):
             value = getattr(self, name)
             if not _TOPIC_RE.match(value):
                 raise ValueError(f"{name} is not a valid Kafka topic name: {value!r}")
@@ -108,7 +110,7 @@ class KafkaConfig:
 
     def all_topics(self) -> list[str]:
         return [self.feedback_topic, self.market_topic, self.predictions_topic,
-                self.dead_letter_topic, self.drift_topic]
+                self.dead_letter_topic, self.drift_topic, self.explanations_topic]
 
     def client_kwargs(self) -> dict[str, Any]:
         """Security settings for kafka-python clients."""
@@ -271,6 +273,36 @@ _METRICS_HELP = {
     "lag_interval_s": "Seconds between consumer-lag readings.",
 }
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """Which model answers predictions and the HTTP API, and stream explanations."""
+
+    model: str = field(default="teacher", metadata=_help(
+        "teacher (the live learner) or student (newest distilled student, hot-swapped; the "
+        "teacher answers until one exists)."))
+    student_dir: str | None = field(default=None, metadata=_help(
+        "Where `streamlearner distill` writes students. Unset: CHECKPOINT_DIR/student."))
+    reload_interval_s: float = field(default=5.0, metadata=_help(
+        "How often the worker looks for a newer student."))
+    explain_fraction: float = field(default=0.0, metadata=_help(
+        "Fraction of stream predictions explained (IG) and published to the explanations "
+        "topic; each costs model-thread time."))
+    explain_method: str = field(default="ig", metadata=_help(
+        "ig (Integrated Gradients) or gxi (gradient x input, faster)."))
+
+    def __post_init__(self) -> None:
+        if self.model not in ("teacher", "student"):
+            raise ValueError(f"model must be 'teacher' or 'student', got {self.model!r}")
+        if self.student_dir is not None and not self.student_dir.strip():
+            raise ValueError("student_dir must not be blank")
+        if not self.reload_interval_s > 0:
+            raise ValueError(f"reload_interval_s must be > 0, got {self.reload_interval_s}")
+        if not 0.0 <= self.explain_fraction <= 1.0:
+            raise ValueError(f"explain_fraction must be in [0, 1], got {self.explain_fraction}")
+        if self.explain_method not in ("ig", "gxi"):
+            raise ValueError(f"explain_method must be 'ig' or 'gxi', got {self.explain_method!r}")
+
+
 SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
     "kafka": (KafkaConfig, None),
     "stream": (StreamConfig, None),
@@ -279,6 +311,7 @@ SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
     "checkpoint": (CheckpointConfig, None),
     "metrics": (MetricsConfig, _METRICS_HELP),
     "drift": (DriftConfig, None),
+    "serve": (ServeConfig, None),
 }
 
 
@@ -343,6 +376,7 @@ class Settings:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,

@@ -14,6 +14,7 @@ def build_pipeline(settings: Settings):
     """Learner, metrics, model thread, checkpoints, dedup -> a restored :class:`Pipeline`."""
     from learner.checkpoints import CheckpointManager
     from learner.learner import Learner
+    from learner.serving import ServingModel
     from monitoring.metrics import Metrics
     from streams.adaptation import DriftWatch, rollback_manager
     from streams.handoff import ModelThread
@@ -32,9 +33,17 @@ def build_pipeline(settings: Settings):
     checkpoints = CheckpointManager(settings.checkpoint.dir, keep_last=settings.checkpoint.keep_last)
     watch = DriftWatch(drift, learner, metrics, model_thread,
                        rollback_manager(settings.checkpoint.dir, settings.checkpoint.keep_last))
-    pipeline = Pipeline(settings, learner, metrics, model_thread, checkpoints, drift=watch)
+    serving = ServingModel(learner, serve=settings.serve.model,
+                           student_dir=student_dir(settings))
+    pipeline = Pipeline(settings, learner, metrics, model_thread, checkpoints, drift=watch,
+                        serving=serving)
     pipeline.restore()
+    model_thread.call(serving.maybe_reload)
     return pipeline
+
+
+def student_dir(settings: Settings) -> str:
+    return settings.serve.student_dir or os.path.join(settings.checkpoint.dir, "student")
 
 
 def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
