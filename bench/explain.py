@@ -136,8 +136,35 @@ def main(argv: list[str] | None = None) -> int:
     _plot(report, out / "deletion_curve.png")
     example = explainer.explain(task, "I still have not received my new card, it has been two weeks")
     (out / "example.html").write_text(example.to_html())
+    render_png(example, out / "example.png")
     print(_markdown(report))
     return 0
+
+
+def render_png(ex, path: Path) -> Path:
+    """The explained text as a picture: each word's background by its attribution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(9, 1.5), dpi=120)
+    fig.text(0.01, 0.78, f"{ex.task} → {ex.label}  (p = {ex.probability:.2f}, {ex.method}, "
+                         f"model v{ex.model_version})", fontsize=11, weight="bold")
+    peak = max((abs(x) for x in ex.scores), default=0.0) or 1.0
+    renderer = fig.canvas.get_renderer()
+    x = 0.01
+    for word, score in zip(ex.words, ex.scores):
+        color = (0.13, 0.55, 0.13) if score >= 0 else (0.78, 0.12, 0.12)
+        alpha = min(1.0, abs(score) / peak)
+        t = fig.text(x, 0.35, word, fontsize=14,
+                     bbox={"facecolor": (*color, alpha * 0.85), "edgecolor": "none", "pad": 2.5})
+        x += t.get_window_extent(renderer).width / fig.bbox.width + 0.008
+    fig.text(0.01, 0.05, "green: evidence for the label, red: against; darker = stronger",
+             fontsize=8, color="gray")
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _machine() -> dict:

@@ -407,3 +407,15 @@ def _name_setting(section: str, message: str) -> str:
     if first in names:
         return f"{section.upper()}_{first.upper()}: {message}"
     return f"{section.upper()}_*: {message}"
+
+
+def settings_markdown() -> str:
+    """The README's configuration table (``python -m streams.settings`` prints it)."""
+    rows = ["| Setting (env) | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for s in setting_specs():
+        rows.append(f"| `{s.env}` | `{s.flag}` | `{s.default!r}` | {s.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())
