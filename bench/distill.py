@@ -4,7 +4,7 @@ softened logits, against the teacher it came from (`streamlearner bench distill`
 Per data set, in one run: a teacher with the worker's default settings learns the
 training set as a stream (micro-batches, one pass, replay); the student (first
 ``--layers`` layers, heads copied) is distilled on the teacher's replay memory plus the
-streamed texts; both are scored on the test set, and single-text predict latency is
+last ``--recent`` streamed texts; both are scored on the test set, and single-text predict latency is
 measured for both, interleaved text by text so that machine noise hits both alike.
 Targets (issue #7): student accuracy >= 95% of the teacher's, >= 2.5x lower latency.
 """
@@ -71,7 +71,7 @@ def run_dataset(name: str, args, tqdm) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         student = make_student(teacher, tmp, layers=args.layers)
         samples = [Sample(m.task, m.text, m.label) for m in teacher.replay.sample(len(teacher.replay))]
-        samples += [Sample(task, t, y) for t, y in train]
+        samples += [Sample(task, t, y) for t, y in train[-args.recent:]]  # recent stream text
         cfg = DistillConfig(layers=args.layers, epochs=args.epochs, seed=args.seed)
         steps_total = cfg.epochs * (len(samples) + cfg.batch_size - 1) // cfg.batch_size
         with tqdm(total=steps_total, desc=f"{name}: distil", unit="step") as bar:
@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--train-limit", type=int, default=None)
+    ap.add_argument("--recent", type=int, default=2000,
+                    help="last N streamed texts added to the replay memory for distillation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench/results/distill"))
     args = ap.parse_args(argv)
