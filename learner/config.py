@@ -18,9 +18,33 @@ import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["LearnerConfig", "MemoryConfig"]
+__all__ = ["BIAS_CORRECTIONS", "LearnerConfig", "MODES", "MemoryConfig", "STRATEGIES", "parse_strategy"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+MODES = ("head", "lora", "full")
+STRATEGIES = ("naive", "er", "derpp", "ewc", "lwf")
+BIAS_CORRECTIONS = ("none", "ace")
+
+
+def parse_strategy(spec: str) -> tuple[str, ...]:
+    """``"er+ewc"`` -> ``("er", "ewc")``; ``naive`` composes with nothing.
+
+    >>> parse_strategy("er+ewc")
+    ('er', 'ewc')
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"strategy must be a non-empty string like 'er' or 'er+ewc', got {spec!r}")
+    names = tuple(part.strip() for part in spec.split("+"))
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"strategy has unknown part(s) {unknown}; choose from {', '.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategy repeats a part: {spec!r}")
+    if "naive" in names and len(names) > 1:
+        raise ValueError(f"strategy 'naive' means no anti-forgetting term and composes with nothing, got {spec!r}")
+    if "er" in names and "derpp" in names:
+        raise ValueError("strategy: 'derpp' already replays; use it without 'er'")
+    return names
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
@@ -76,7 +100,20 @@ class LearnerConfig:
     max_length: tokens kept per text (longer texts are truncated).
     grad_clip: max global gradient norm; ``0`` disables clipping (nanoGPT's convention).
     seed: torch seed (head init, dropout).
-    freeze_encoder: train the heads only; the encoder stays in eval mode.
+    freeze_encoder: train the heads only; the encoder stays in eval mode (same as ``mode="head"``).
+    mode: ``"head"`` (frozen encoder, features of remembered texts cached), ``"lora"``
+        (peft LoRA adapters on the attention projections, rank ``lora_rank``) or ``"full"``.
+    strategy: anti-forgetting strategies joined by ``+`` (``learner/strategies/``):
+        ``naive`` (no replay), ``er``, ``derpp``, ``ewc``, ``lwf``; e.g. ``"er+ewc"``.
+    bias_correction: ``"ace"`` (ER-ACE, Caccia et al. 2022: new samples compete only among
+        the labels of their own batch, replayed ones among all) or ``"none"``.
+    lora_rank: rank of the LoRA adapters (``mode="lora"``); alpha is twice the rank.
+    lora_layers: adapt only the top this-many encoder layers (``0``: all of them).
+    ewc_lambda: weight of the online-EWC penalty.
+    derpp_alpha: weight of DER++'s logit-matching term on replayed samples.
+    lwf_alpha: weight of LwF's distillation term (temperature 2).
+    adv_epsilon: FGM perturbation norm on the word embeddings; ``0`` disables it (needs
+        ``mode`` ``lora`` or ``full``: a frozen encoder has no embedding gradient to follow).
     """
 
     model: str | None = None
@@ -89,6 +126,15 @@ class LearnerConfig:
     grad_clip: float = 1.0
     seed: int = 0
     freeze_encoder: bool = False
+    mode: str = "head"
+    strategy: str = "er"
+    bias_correction: str = "ace"
+    lora_rank: int = 8
+    lora_layers: int = 0
+    ewc_lambda: float = 0.01
+    derpp_alpha: float = 0.5
+    lwf_alpha: float = 3.0
+    adv_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
@@ -105,3 +151,27 @@ class LearnerConfig:
         _check_int("seed", self.seed, minimum=0)
         if not isinstance(self.freeze_encoder, bool):
             raise ValueError(f"freeze_encoder must be a bool, got {self.freeze_encoder!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        parse_strategy(self.strategy)
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise ValueError(f"bias_correction must be one of {', '.join(BIAS_CORRECTIONS)}, "
+                             f"got {self.bias_correction!r}")
+        _check_int("lora_rank", self.lora_rank, minimum=1)
+        _check_int("lora_layers", self.lora_layers, minimum=0)
+        _check_float("ewc_lambda", self.ewc_lambda, minimum=0.0, strict=False)
+        _check_float("derpp_alpha", self.derpp_alpha, minimum=0.0, strict=False)
+        _check_float("lwf_alpha", self.lwf_alpha, minimum=0.0, strict=False)
+        _check_float("adv_epsilon", self.adv_epsilon, minimum=0.0, strict=False)
+        if self.adv_epsilon > 0 and self.frozen:
+            raise ValueError("adv_epsilon must be 0 with a frozen encoder (mode head / freeze_encoder): "
+                             "FGM needs gradients through the word embeddings")
+
+    @property
+    def frozen(self) -> bool:
+        """The encoder is never trained (``mode="head"`` or ``freeze_encoder``)."""
+        return self.mode == "head" or self.freeze_encoder
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        return parse_strategy(self.strategy)

@@ -25,10 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LearnerConfig, MemoryConfig
+from . import state
+from .features import FeatureCache
+from .losses import cross_entropy, fgm_backward
 from .memory import MemoryItem, ReplayMemory
 from .model import GrowingHead, TextClassifier, default_model_path, param_groups, resolve_device
+from .strategies import Batch, Outputs, build_strategies
 
-__all__ = ["Learner", "Prediction", "UpdateStats"]
+__all__ = ["Learner", "Prediction", "UpdateStats", "trainable_encoder_state"]
 
 _PREDICT_CHUNK = 256  # texts per forward pass in predict_many; bounds activation memory
 
@@ -70,6 +74,17 @@ def _check_texts(name: str, values: Sequence[str]) -> list[str]:
     return values
 
 
+def trainable_encoder_state(encoder: nn.Module, mode: str) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the encoder: everything in ``full`` mode, the adapters
+    (``lora_*``) in ``lora`` mode, nothing with a frozen encoder (it is the bundled one)."""
+    if mode == "head":
+        return {}
+    state = encoder.state_dict()
+    if mode == "lora":
+        state = {k: v for k, v in state.items() if "lora_" in k}
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
 def _check_task(task: str) -> None:
     if not isinstance(task, str) or not task:
         raise ValueError(f"task must be a non-empty str, got {task!r}")
@@ -95,8 +110,12 @@ class Learner:
         torch.manual_seed(cfg.seed)  # head init is deterministic anyway; this seeds dropout
         self.device = resolve_device(cfg.device)
         self.model = TextClassifier(cfg.model or default_model_path(), max_length=cfg.max_length).to(self.device)
-        if cfg.freeze_encoder:
+        if cfg.frozen:
             self.model.encoder.requires_grad_(False)
+        elif cfg.mode == "lora":
+            self.model.add_lora(cfg.lora_rank, cfg.lora_layers)
+        self.features = FeatureCache(self._encode)  # used with a frozen encoder only
+        self.strategies = build_strategies(cfg)
         self.replay = ReplayMemory(capacity=self.memory.capacity, seed=self.memory.seed)
         self._labels: dict[str, list[str]] = {}             # task -> labels in head index order
         self._label_index: dict[str, dict[str, int]] = {}   # task -> label -> head index
@@ -136,6 +155,8 @@ class Learner:
             raise ValueError("updates must be >= 0, lr_scale > 0 and replay_scale >= 0")
         self._boost = {"left": int(updates), "lr_scale": float(lr_scale),
                        "replay_scale": float(replay_scale), "task": task}
+        for strategy in self.strategies:
+            strategy.on_drift(self, task)
 
     @property
     def adapting(self) -> int:
@@ -153,6 +174,22 @@ class Learner:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (B, H) pooled features on the CPU, float32, in eval mode, no grad."""
+        self.model.eval()
+        out = []
+        with torch.inference_mode(), self._autocast():
+            for i in range(0, len(texts), _PREDICT_CHUNK):
+                out.append(self.model.encode(texts[i : i + _PREDICT_CHUNK]).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.model.hidden_size)
+
+    def pin_features(self, texts: Sequence[str], features: torch.Tensor | None = None) -> None:
+        """Frozen encoder only: keep the features of ``texts`` (given, or encoded now) so that
+        learning and predicting them never encodes them again (the benchmark's shared cache)."""
+        if not self.config.frozen:
+            raise ValueError("pin_features needs a frozen encoder (mode 'head')")
+        self.features.pin(_check_texts("texts", texts), features)
+
     def predict_many(self, task: str, texts: Sequence[str]) -> list[Prediction]:
         """Most probable label and its softmax probability for each text."""
         _check_task(task)
@@ -168,9 +205,13 @@ class Learner:
         out: list[Prediction] = []
         with torch.inference_mode(), self._autocast():
             for i in range(0, len(texts), _PREDICT_CHUNK):
-                feats = self.model.encode(texts[i : i + _PREDICT_CHUNK])  # (B, H)
-                probs = head(feats).float().softmax(dim=-1)               # (B, N)
-                conf, idx = probs.max(dim=-1)                             # (B,), (B,)
+                chunk = texts[i : i + _PREDICT_CHUNK]
+                if self.config.frozen:
+                    feats = self.features.get(chunk, store=False).to(self.device)  # (B, H)
+                else:
+                    feats = self.model.encode(chunk)                              # (B, H)
+                probs = head(feats).float().softmax(dim=-1)                       # (B, N)
+                conf, idx = probs.max(dim=-1)                                     # (B,), (B,)
                 out.extend(
                     Prediction(labels[j], c, version) for j, c in zip(idx.tolist(), conf.tolist())
                 )
@@ -181,11 +222,11 @@ class Learner:
 
         Unseen labels grow the task's head first. Then ``steps_per_batch`` AdamW steps on
         the mean cross-entropy of new + replayed samples (each scored by its own task's
-        head), after which the new samples enter the replay memory and the version is
-        bumped. A non-finite loss or gradient norm aborts the remaining steps without
-        stepping; if no step was applied at all, the samples are not memorised and the
-        version stays (the new labels, if any, keep their freshly grown, zero rows).
-        Inputs are not mutated.
+        head; replay only when a strategy replays) plus the strategies' terms, after which
+        the new samples enter the replay memory and the version is bumped. A non-finite
+        loss or gradient norm aborts the remaining steps without stepping; if no step was
+        applied at all, the samples are not memorised and the version stays (the new
+        labels, if any, keep their freshly grown, zero rows). Inputs are not mutated.
         """
         started = time.perf_counter()
         _check_task(task)
@@ -199,35 +240,26 @@ class Learner:
         cfg = self.config
         seen = self._counters["samples_seen"]
         seen[task] = seen.get(task, 0) + n_new
-        self._grow(task, labels)
+        sizes_before = {t: len(ls) for t, ls in self._labels.items()}
+        new_classes = self._grow(task, labels)
 
-        # Batch: the new samples, then replayed ones of any task, each with its own head.
         boost = self._boost if self._boost["left"] > 0 else None
         replay_ratio = self.memory.replay_ratio * (boost["replay_scale"] if boost else 1.0)
-        replayed = self.replay.sample(round(replay_ratio * n_new))
-        batch_texts = texts + [m.text for m in replayed]
-        batch_tasks = [task] * n_new + [m.task for m in replayed]
-        batch_labels = labels + [m.label for m in replayed]
-        B = len(batch_texts)
-        rows_by_task: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for t in dict.fromkeys(batch_tasks):
-            rows = [i for i, bt in enumerate(batch_tasks) if bt == t]
-            targets = [self._label_index[t][batch_labels[i]] for i in rows]
-            rows_by_task[t] = (
-                torch.tensor(rows, device=self.device),     # (B_t,)
-                torch.tensor(targets, device=self.device),  # (B_t,)
-            )
-        tokens = self.model.tokenize(batch_texts)  # input_ids: (B, T)
+        replays = any(s.replays for s in self.strategies)
+        replayed = self.replay.sample(round(replay_ratio * n_new)) if replays else []
+        batch = Batch.build(task, texts, labels, replayed, new_classes, self._label_index, self.device)
+        batch.extra["sizes_before"] = sizes_before
+        for strategy in self.strategies:
+            strategy.before_update(self, batch)
 
-        frozen = cfg.freeze_encoder
         feats_frozen = None
-        if frozen:
-            # The encoder never changes: encode once, train the heads on fixed features.
+        if cfg.frozen:
+            # The encoder never changes: cached features, train the heads on them.
             self.model.eval()
-            with torch.no_grad(), self._autocast():
-                feats_frozen = self.model.features(tokens)  # (B, H)
+            feats_frozen = self.features.get(batch.texts).to(self.device)  # (B, H)
         else:
             self.model.train()
+            batch.extra["tokens"] = self.model.tokenize(batch.texts)  # input_ids: (B, T)
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
 
@@ -239,16 +271,20 @@ class Learner:
         loss_value = grad_norm = math.nan
         for _ in range(cfg.steps_per_batch):
             with self._autocast():
-                feats = feats_frozen if frozen else self.model.features(tokens)  # (B, H)
-                loss = feats.new_zeros((), dtype=torch.float32)
-                for t, (rows, targets) in rows_by_task.items():
-                    logits = self.model.head(t)(feats[rows])  # (B_t, N_t)
-                    loss = loss + F.cross_entropy(logits.float(), targets, reduction="sum")
-                loss = loss / B  # mean over all B samples, whatever their task
+                outputs = self._forward(batch, feats_frozen, adversarial=cfg.adv_epsilon > 0)
+                loss = cross_entropy(batch, outputs, ace=cfg.bias_correction == "ace")
+                for strategy in self.strategies:
+                    extra = strategy.loss(self, batch, outputs)
+                    if extra is not None:
+                        loss = loss + extra
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 break
             loss.backward()
+            if cfg.adv_epsilon > 0:
+                fgm_backward(self, batch, cfg.adv_epsilon)
+            for strategy in self.strategies:
+                strategy.after_backward(self, batch)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             if not math.isfinite(grad_norm):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -266,7 +302,13 @@ class Learner:
             counters["skipped_updates"] += 1
             return UpdateStats(loss_value, n_new, len(replayed), self._version,
                                time.perf_counter() - started, grad_norm)
-        self.replay.add(MemoryItem(task, x, y) for x, y in zip(texts, labels))
+        stored = batch.store_logits.tolist() if batch.store_logits is not None else [None] * n_new
+        self.replay.add(MemoryItem(task, x, y, None if z is None else tuple(z))
+                        for x, y, z in zip(texts, labels, stored))
+        if cfg.frozen:
+            self.features.prune(item.text for item in self.replay.items())
+        for strategy in self.strategies:
+            strategy.after_update(self, batch)
         counters["updates"] += 1
         counters["samples_replayed"] += len(replayed)
         self._version += 1
@@ -275,22 +317,57 @@ class Learner:
         return UpdateStats(sum(losses) / len(losses), n_new, len(replayed), self._version,
                            time.perf_counter() - started, grad_norm)
 
+    def _forward(self, batch: Batch, feats_frozen: torch.Tensor | None, *, adversarial: bool) -> Outputs:
+        if feats_frozen is not None:
+            feats = feats_frozen                                                # (B, H)
+        elif adversarial:
+            tokens = batch.extra["tokens"]
+            embeds = self.model.word_embeddings(tokens["input_ids"])            # (B, T, H)
+            if embeds.requires_grad:  # FGM follows the loss gradient w.r.t. the embeddings
+                embeds.retain_grad()
+            else:  # frozen embedding table (lora): make the looked-up rows a leaf that gets .grad
+                embeds.requires_grad_(True)
+            batch.extra["embeds"] = embeds
+            feats = self.model.features(tokens, inputs_embeds=embeds)
+        else:
+            feats = self.model.features(batch.extra["tokens"])
+        logits = {t: self.model.head(t)(feats[rows]) for t, rows in batch.rows.items()}  # (B_t, N_t)
+        return Outputs(feats, logits)
+
+    # ----------------------------------------------------------------- strategy helpers
+
+    def named_trainable(self) -> dict[str, torch.Tensor]:
+        """Trainable weights by stable name: ``encoder.*`` (unless frozen) and each head merged
+        (``head.<task>.weight`` (N, H), ``head.<task>.bias`` (N,)), differentiable."""
+        return state.named_tensors(self, grads=False)
+
+    def named_grads(self) -> dict[str, torch.Tensor]:
+        """Current ``.grad`` under the names of :meth:`named_trainable` (zeros where None)."""
+        return state.named_tensors(self, grads=True)
+
+    def frozen_encoder_copy(self) -> nn.Module:
+        """A detached, eval-mode copy of the encoder (LwF's teacher)."""
+        return copy.deepcopy(self.model.encoder).eval().requires_grad_(False)
+
     # ----------------------------------------------------------------- heads / optimizer
 
-    def _grow(self, task: str, labels: Sequence[str]) -> None:
-        if not self.model.has_head(task):
+    def _grow(self, task: str, labels: Sequence[str]) -> bool:
+        """Grow ``task``'s head by its unseen labels; True when a task or label was new."""
+        opened = not self.model.has_head(task)
+        if opened:
             self.model.add_head(task)
             self._labels[task] = []
             self._label_index[task] = {}
         index = self._label_index[task]
         new = [y for y in dict.fromkeys(labels) if y not in index]  # first-appearance order
         if not new:
-            return
+            return opened
         weight, bias = self.model.head(task).grow(len(new))
         for y in new:
             index[y] = len(self._labels[task])
             self._labels[task].append(y)
         self._add_head_params(weight, bias)
+        return True
 
     def _head_groups(self, weight: nn.Parameter, bias: nn.Parameter) -> list[dict]:
         cfg = self.config
@@ -319,105 +396,31 @@ class Learner:
 
     # ----------------------------------------------------------------- checkpoint state
 
+    def _mode(self) -> str:
+        return "head" if self.config.frozen else self.config.mode
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Encoder weights (``encoder.*``) and merged head tensors (``head.<task>.weight``,
-        ``head.<task>.bias``), as contiguous CPU copies ready for ``safetensors``."""
-        out = {
-            f"encoder.{k}": v.detach().to("cpu", copy=True).contiguous()
-            for k, v in self.model.encoder.state_dict().items()
-        }
-        for task in self._labels:
-            head = self.model.head(task)
-            out[f"head.{task}.weight"] = head.weight.to("cpu", copy=True).contiguous()  # (N, H)
-            out[f"head.{task}.bias"] = head.bias.to("cpu", copy=True).contiguous()      # (N,)
-        return out
+        """Trainable encoder tensors (``encoder.*``: all in ``full`` mode, the LoRA adapters in
+        ``lora`` mode, none with a frozen encoder), merged head tensors (``head.<task>.weight``,
+        ``head.<task>.bias``) and strategy tensors (``strategy.<name>.<key>``: Fisher, anchors,
+        teacher), as contiguous CPU copies ready for ``safetensors``."""
+        return state.learner_tensors(self)
 
     def metadata(self) -> dict:
         """JSON-serialisable description that, with :meth:`state_dict`, rebuilds the learner."""
-        return {
-            "model_version": self._version,
-            "labels": {task: list(labels) for task, labels in self._labels.items()},
-            "config": asdict(self.config),
-            "memory_config": asdict(self.memory),
-            "counters": self.counters(),
-            "hidden_size": self.model.hidden_size,
-        }
+        return state.learner_metadata(self)
 
-    def load(self, state: dict[str, torch.Tensor], metadata: dict, memory_state: dict) -> None:
-        """Replace this learner's model, labels, memory, counters and version.
+    def load(self, tensors: dict[str, torch.Tensor], metadata: dict, memory_state: dict) -> None:
+        """Replace this learner's model, labels, memory, strategy state, counters and version.
 
         Everything is checked before anything changes, so a ``ValueError`` leaves the
         learner as it was. The optimizer is rebuilt fresh (its Adam moments are not
         checkpointed: they would double the checkpoint size and re-warm within a few
         updates), and heads come back as single chunks. The torch RNG (dropout) is not
-        restored. Hyper-parameters keep this learner's config, not the checkpoint's.
+        restored. Hyper-parameters keep this learner's config, not the checkpoint's; a
+        strategy the checkpoint has no state for starts fresh.
         """
-        labels = metadata.get("labels")
-        if not isinstance(labels, dict) or not all(
-            isinstance(t, str) and t and isinstance(ls, list) and all(isinstance(y, str) for y in ls)
-            for t, ls in labels.items()
-        ):
-            raise ValueError("metadata labels must map task names to lists of str")
-        for task, task_labels in labels.items():
-            if len(set(task_labels)) != len(task_labels):
-                raise ValueError(f"metadata labels of task {task!r} hold duplicates")
-        version = metadata.get("model_version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise ValueError(f"metadata model_version must be an int >= 0, got {version!r}")
-
-        encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        current = self.model.encoder.state_dict()
-        if encoder_state.keys() != current.keys():
-            missing = sorted(current.keys() - encoder_state.keys())[:5]
-            unexpected = sorted(encoder_state.keys() - current.keys())[:5]
-            raise ValueError(f"checkpoint encoder does not match {self.model.path}: "
-                             f"missing {missing}, unexpected {unexpected}")
-        for k, v in encoder_state.items():
-            if v.shape != current[k].shape:
-                raise ValueError(f"checkpoint encoder tensor {k} has shape {tuple(v.shape)}, "
-                                 f"expected {tuple(current[k].shape)}")
-
-        heads: dict[str, GrowingHead] = {}
-        for task, task_labels in labels.items():
-            try:
-                weight, bias = state[f"head.{task}.weight"], state[f"head.{task}.bias"]
-            except KeyError as e:
-                raise ValueError(f"checkpoint lacks head tensor {e}") from None
-            if tuple(weight.shape) != (len(task_labels), self.model.hidden_size) or tuple(bias.shape) != (len(task_labels),):
-                raise ValueError(f"checkpoint head {task!r} has shape {tuple(weight.shape)}, "
-                                 f"expected ({len(task_labels)}, {self.model.hidden_size})")
-            heads[task] = GrowingHead.from_merged(weight.float(), bias.float())
-
-        replay = ReplayMemory(capacity=self.memory.capacity, seed=self.memory.seed)
-        replay.load_state_dict(memory_state)
-        for task, label in replay.class_sizes():
-            if label not in labels.get(task, ()):
-                raise ValueError(f"memory holds ({task!r}, {label!r}) which no head knows")
-
-        counters = self._counters_from(metadata.get("counters", {}))
-
-        # Everything checked: commit.
-        self.model.encoder.load_state_dict(encoder_state, strict=True)
-        self.model.heads = nn.ModuleDict()
-        for task, head in heads.items():
-            self.model.add_head(task, head)
-        self._labels = {task: list(ls) for task, ls in labels.items()}
-        self._label_index = {task: {y: i for i, y in enumerate(ls)} for task, ls in labels.items()}
-        self.replay = replay
-        self._counters = counters
-        self._version = version
-        self._build_optimizer()
-
-    def _counters_from(self, raw: dict) -> dict:
-        try:
-            counters = {
-                key: int(raw.get(key, 0))
-                for key in ("updates", "optimizer_steps", "skipped_updates", "samples_replayed")
-            }
-            counters["samples_seen"] = {str(t): int(n) for t, n in dict(raw.get("samples_seen", {})).items()}
-        except (AttributeError, TypeError, ValueError) as e:
-            raise ValueError(f"metadata counters are malformed: {e}") from None
-        return counters
+        state.load_learner(self, tensors, metadata, memory_state)
 
     def __repr__(self) -> str:
         return (f"Learner(model={self.model.path!r}, device={str(self.device)!r}, "

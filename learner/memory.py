@@ -87,6 +87,10 @@ class ReplayMemory:
         pool = [item for v in self._items.values() for item in v]
         return self._rng.sample(pool, n)
 
+    def items(self) -> list[MemoryItem]:
+        """Every stored item, class by class (a new list)."""
+        return [item for v in self._items.values() for item in v]
+
     def sizes(self) -> dict[str, int]:
         """Stored items per task."""
         out: dict[str, int] = {}

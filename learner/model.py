@@ -167,9 +167,17 @@ class TextClassifier(nn.Module):
         )
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean of the token states over the attention mask: (B, T) ids -> (B, H)."""
-        hidden = self.encoder(**batch).last_hidden_state          # (B, T, H)
+    def features(self, batch: dict[str, torch.Tensor], *, encoder: nn.Module | None = None,
+                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of the token states over the attention mask: (B, T) ids -> (B, H).
+
+        ``encoder`` replaces this model's (a frozen teacher copy); ``inputs_embeds`` (B, T, H)
+        replaces the word-embedding lookup (adversarial training perturbs it).
+        """
+        encoder = encoder if encoder is not None else self.encoder
+        if inputs_embeds is not None:
+            batch = {k: v for k, v in batch.items() if k != "input_ids"} | {"inputs_embeds": inputs_embeds}
+        hidden = encoder(**batch).last_hidden_state               # (B, T, H)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         summed = (hidden * mask).sum(dim=1)                        # (B, H)
         counts = mask.sum(dim=1).clamp(min=1e-9)                   # (B, 1)
@@ -178,6 +186,26 @@ class TextClassifier(nn.Module):
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> pooled features (B, H)."""
         return self.features(self.tokenize(texts))
+
+    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H) word embeddings (before positions and LayerNorm)."""
+        return self.encoder.get_input_embeddings()(input_ids)
+
+    def add_lora(self, rank: int, layers: int = 0) -> None:
+        """Freeze the encoder and inject trainable LoRA adapters (peft) into the attention's
+        query/key/value projections of the top ``layers`` layers (0: all); ``lora_B`` starts
+        at zero, so outputs are unchanged. Adapting only the top layers means the backward
+        pass stops there: on a CPU, two of MiniLM's six layers train about 3x faster."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        n = self.encoder.config.num_hidden_layers
+        top = list(range(max(0, n - layers), n)) if layers else None
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                            target_modules=["query", "key", "value"], layers_to_transform=top,
+                            layers_pattern="layer" if top else None)
+        self.encoder = inject_adapter_in_model(config, self.encoder)
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad_("lora_" in name)
 
     def head(self, task: str) -> GrowingHead:
         return self.heads[head_key(task)]

@@ -45,6 +45,7 @@ def tiny_learner(tiny_model_dir: str):
 
     def make(memory=None, **overrides):
         overrides.setdefault("device", "cpu")
+        overrides.setdefault("mode", "full")  # the tests below exercise the whole model
         return Learner(LearnerConfig(model=tiny_model_dir, **overrides), memory)
 
     return make
