@@ -70,15 +70,21 @@ def make_student(teacher: "Learner", out_dir: str | Path, layers: int = 2) -> "L
     from learner.learner import Learner
 
     t_encoder = teacher.model.encoder
-    if hasattr(t_encoder, "merge_and_unload"):  # a peft-wrapped (LoRA) teacher
-        t_encoder = copy.deepcopy(t_encoder).merge_and_unload()
+    if any("lora_" in name for name, _ in t_encoder.named_parameters()):
+        # LoRA adapters injected in place: fold B·A into the base weights of a copy, so the
+        # student starts from what the teacher computes, under plain BERT weight names.
+        t_encoder = copy.deepcopy(t_encoder)
+        for module in t_encoder.modules():
+            if hasattr(module, "base_layer") and hasattr(module, "merge"):
+                module.merge()
+    teacher_state = {k.replace(".base_layer.", "."): v for k, v in t_encoder.state_dict().items()
+                     if "lora_" not in k}
     total = t_encoder.config.num_hidden_layers
     if not 1 <= layers <= total:
         raise ValueError(f"layers must be in 1..{total}, got {layers}")
     config = copy.deepcopy(t_encoder.config)
     config.num_hidden_layers = layers
     encoder = AutoModel.from_config(config)
-    teacher_state = {k: v for k, v in t_encoder.state_dict().items() if "lora_" not in k}
     missing, _ = encoder.load_state_dict(
         {k: v for k, v in teacher_state.items() if k in encoder.state_dict()}, strict=False)
     if missing:

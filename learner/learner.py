@@ -18,10 +18,9 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import LearnerConfig, MemoryConfig
@@ -29,7 +28,7 @@ from . import state
 from .features import FeatureCache
 from .losses import cross_entropy, fgm_backward
 from .memory import MemoryItem, ReplayMemory
-from .model import GrowingHead, TextClassifier, default_model_path, param_groups, resolve_device
+from .model import TextClassifier, default_model_path, param_groups, resolve_device
 from .strategies import Batch, Outputs, build_strategies
 
 __all__ = ["Learner", "Prediction", "UpdateStats", "trainable_encoder_state"]

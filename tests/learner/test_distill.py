@@ -47,3 +47,15 @@ def test_config_and_layer_validation(teacher, tmp_path):
         make_student(teacher, tmp_path, layers=9)
     with pytest.raises(ValueError, match="serve"):
         ServingModel(teacher, serve="both")
+
+
+def test_student_from_a_lora_teacher_starts_where_the_teacher_is(tiny_learner, tmp_path):
+    teacher = tiny_learner(mode="lora", lora_rank=4)
+    texts = ["card stolen", "card lost", "rate of euro", "exchange rate"] * 4
+    for _ in range(3):
+        teacher.learn_many("feedback", texts, ["lost", "lost", "rate", "rate"] * 4)
+    layers = teacher.model.encoder.config.num_hidden_layers
+    student = make_student(teacher, tmp_path, layers=layers)   # all layers: same function
+    t = [p.confidence for p in teacher.predict_many("feedback", texts[:4])]
+    s = [p.confidence for p in student.predict_many("feedback", texts[:4])]
+    assert max(abs(a - b) for a, b in zip(t, s)) < 1e-4
