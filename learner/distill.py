@@ -33,7 +33,7 @@ STUDENT_CHECKPOINTS_DIR = "checkpoints"
 
 @dataclass(frozen=True)
 class DistillConfig:
-    layers: int = 2
+    layers: int = 1
     epochs: int = 3
     batch_size: int = 32
     temperature: float = 2.0
@@ -61,7 +61,7 @@ class Sample:
     label: str | None = None
 
 
-def make_student(teacher: "Learner", out_dir: str | Path, layers: int = 2) -> "Learner":
+def make_student(teacher: "Learner", out_dir: str | Path, layers: int = 1) -> "Learner":
     """A Learner whose encoder is the teacher's first ``layers`` layers, saved under
     ``out_dir/encoder`` (with the tokenizer), with the teacher's heads and labels."""
     from transformers import AutoModel
