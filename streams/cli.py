@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--texts", action="append", default=[],
                       help="extra .jsonl/.csv stream text (repeatable; labeled or not)")
     dist.add_argument("--task", default="feedback", help="task of --texts events without one")
-XX
+    dist.add_argument("--layers", type=int, default=1, help="student layers (the teacher's first N)")
     dist.add_argument("--epochs", type=int, default=3)
     dist.add_argument("--out", default=None, help="default: CHECKPOINT_DIR/student")
     _add_setting_flags(dist)
