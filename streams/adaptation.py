@@ -66,6 +66,12 @@ class DriftWatch:
         self.rollback = rollback
         self.publish: Publish | None = None
         self._tasks: dict[str, TaskDrift] = {}
+        self.last_detections: dict[str, dict] = {}
+
+    def summary(self) -> dict:
+        """For ``GET /status``: events seen and the last detection per task."""
+        return {task: {"events": state.events, "last_detection": self.last_detections.get(task)}
+                for task, state in list(self._tasks.items())}
 
     def _task(self, task: str) -> TaskDrift:
         state = self._tasks.get(task)
@@ -169,6 +175,8 @@ class DriftWatch:
         state.ref_texts.clear()
         state.recent_texts.clear()
         state.encoded_at = self.learner.model_version
+        self.last_detections[task] = {**det.as_dict(), "action": action,
+                                      "model_version": self.learner.model_version}
         return action
 
     def _maybe_reencode(self, state: TaskDrift) -> None:

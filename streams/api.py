@@ -187,7 +187,7 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
     class Status(web.View):
         async def get(self, request: web.Request) -> web.Response:
             learner = pipeline.learner
-            drift = getattr(pipeline, "drift_state", None)
+            drift = pipeline.drift.summary() if pipeline.drift is not None else None
             return self.json({
                 "model_version": learner.model_version,
                 "serving": {"model": serving.name, "model_version": serving.model_version,
@@ -196,7 +196,7 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
                 "memory": learner.replay.sizes(),
                 "last_update_ts": getattr(pipeline, "last_update_ts", None),
                 "adapting_updates_left": getattr(learner, "adapting", 0),
-                "drift": drift() if callable(drift) else drift,
+                "drift": drift,
             })
 
     @app.page("/readyz")

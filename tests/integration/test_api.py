@@ -82,6 +82,7 @@ def test_api_explanations_and_student_hot_swap(broker, worker_env, start_worker)
     assert status == 200 and st["serving"]["model"] == "teacher"
     assert set(st["labels"]["feedback"]) == {e["label"] for e in events}
     assert st["memory"]["feedback"] > 0 and st["last_update_ts"] > 0
+    assert st["drift"]["feedback"]["events"] == len(events)
 
     # Hot swap: distil while clients keep asking; no request may fail, the version shows.
     failures, answers, stop = [], [], threading.Event()
