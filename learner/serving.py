@@ -70,14 +70,21 @@ class ServingModel:
     def model_version(self) -> int:
         return self.current.model_version
 
-    def predict_many(self, task: str, texts: Sequence[str]) -> list["Prediction"]:
-        model = self.current
+    def model_for(self, task: str) -> "Learner":
+        """The model that answers for ``task``: the student, unless the task was born after
+        the student was distilled (then the teacher, which knows it)."""
         if self.student is not None and not self.student.labels(task) and self.learner.labels(task):
-            model = self.learner  # a task born after the student was distilled
-        return model.predict_many(task, texts)
+            return self.learner
+        return self.current
+
+    def name_for(self, task: str) -> str:
+        return "student" if self.model_for(task) is self.student else "teacher"
+
+    def predict_many(self, task: str, texts: Sequence[str]) -> list["Prediction"]:
+        return self.model_for(task).predict_many(task, texts)
 
     def predict_proba(self, task: str, texts: Sequence[str]) -> list[dict[str, float]]:
-        return predict_proba(self.current, task, texts)
+        return predict_proba(self.model_for(task), task, texts)
 
     def maybe_reload(self) -> bool:
         """Load the newest student checkpoint if it changed; True when a swap happened."""

@@ -138,9 +138,8 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
                 texts = _texts(body, max_chars)
 
                 def work():
-                    model = serving.current
-                    probs = serving.predict_proba(task, texts)
-                    return serving.name, model.model_version, probs
+                    model = serving.model_for(task)
+                    return serving.name_for(task), model.model_version, serving.predict_proba(task, texts)
 
                 name, version, probs = await pipeline.model.run(work)
             except ApiError as err:
@@ -170,7 +169,7 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
                 def work():
                     from learner.explain import Explainer
 
-                    model = serving.current
+                    model = serving.model_for(task)
                     known = model.labels(task)
                     if not known:
                         raise ApiError(409, "no_labels", f"task {task!r} has not learned any label yet")

@@ -216,7 +216,7 @@ class Pipeline:
         for (_, event), pred in zip(accepted, predictions):
             if pred.label is None or self._explain_rng.random() >= fraction:
                 continue
-            model = self.serving.current if self.serving is not None else self.learner
+            model = self.serving.model_for(task) if self.serving is not None else self.learner
             try:
                 ex = await self.model.run(self._explain, model, task, event.text)
             except Exception:  # an explanation is a nicety; never fail the batch for it

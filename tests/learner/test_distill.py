@@ -59,3 +59,14 @@ def test_student_from_a_lora_teacher_starts_where_the_teacher_is(tiny_learner, t
     t = [p.confidence for p in teacher.predict_many("feedback", texts[:4])]
     s = [p.confidence for p in student.predict_many("feedback", texts[:4])]
     assert max(abs(a - b) for a, b in zip(t, s)) < 1e-4
+
+
+def test_a_task_born_after_the_student_is_answered_by_the_teacher(teacher, tmp_path):
+    student = make_student(teacher, tmp_path, layers=1)
+    save_student(student, tmp_path, teacher_version=teacher.model_version)
+    serving = ServingModel(teacher, serve="student", student_dir=tmp_path)
+    assert serving.maybe_reload()
+    teacher.learn_many("news", ["shares fell", "shares rose"], ["down", "up"])
+    assert serving.name_for("feedback") == "student" and serving.name_for("news") == "teacher"
+    assert set(serving.predict_proba("news", ["shares fell"])[0]) == {"down", "up"}
+    assert serving.predict_many("news", ["shares fell"])[0].label in {"down", "up"}
