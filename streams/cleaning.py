@@ -91,7 +91,10 @@ def _normalise_chars(text: str) -> str:
     text = _OTHER_WHITESPACE.sub(" ", text)
     if text.isprintable():  # fast path: nothing left to drop
         return text
-    return "".join(ch for ch in text if unicodedata.category(ch) not in _DROPPED_CATEGORIES)
+    kept = "".join(ch for ch in text if unicodedata.category(ch) not in _DROPPED_CATEGORIES)
+    # A dropped character can sit between a letter and its combining mark ("e\x00\u0301"):
+    # compose again. NFKC never produces Cc/Cf/Cs, so nothing new to drop.
+    return unicodedata.normalize("NFKC", kept) if len(kept) != len(text) else kept
 
 
 def _strip_html(text: str) -> str:
