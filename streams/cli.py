@@ -1,4 +1,4 @@
-"""``streamlearner`` command line: worker, topics, publish, demo."""
+"""``streamlearner`` command line: worker, topics, publish, demo, dlq."""
 
 from __future__ import annotations
 
@@ -81,6 +81,36 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from streams.dlq import ReplayError, ReplayFilter, parse_since, replay
+
+    settings = _settings(args)
+    k = settings.kafka
+    try:
+        since = parse_since(args.since) if args.since is not None else None
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    reasons = {r.strip() for value in args.reason for r in value.split(",") if r.strip()}
+    select = ReplayFilter(reasons=frozenset(reasons) or None, since=since,
+                          topic_glob=args.topic_filter)
+
+    def show(entry):
+        if args.verbose:
+            print(f"  {entry.key}  {entry.reason}")
+
+    try:
+        report = replay(_bootstrap(args, settings), dead_letter_topic=k.dead_letter_topic,
+                        source_topics=k.source_topics(), select=select, dry_run=args.dry_run,
+                        client_kwargs=k.client_kwargs(),
+                        replication_factor=k.replication_factor, on_record=show)
+    except ReplayError as exc:
+        print(exc.report.summary())
+        print(f"streamlearner: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
 BENCHMARKS = ("continual", "drift", "explain", "distill")
 
 
@@ -143,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments of that benchmark")
     bench.set_defaults(func=cmd_bench)
+    dlq = sub.add_parser("dlq", help="dead-letter topic tools")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    rep = dlq_sub.add_parser(
+        "replay", help="re-publish dead letters to their source topic (idempotent)",
+        description="Re-publish the original payload of selected dead letters to the source "
+                    "topic it came from. Each one is re-published at most once across runs "
+                    "(markers in <dead-letter topic>.replayed); fix the cause first.")
+    rep.add_argument("--reason", action="append", default=[], metavar="R",
+                     help="only these reasons (repeatable or comma-separated, e.g. text_too_long)")
+    rep.add_argument("--since", metavar="T",
+                     help="only dead letters from T on: ISO-8601, epoch seconds or an age (30m, 2h, 7d)")
+    rep.add_argument("--topic-filter", metavar="GLOB",
+                     help="only dead letters of source topics matching GLOB (e.g. 'customer-*')")
+    rep.add_argument("--dry-run", action="store_true", help="count and list; publish nothing")
+    rep.add_argument("-v", "--verbose", action="store_true",
+                     help="print each dead letter re-published (topic:partition:offset reason)")
+    rep.add_argument("--bootstrap", help="Kafka bootstrap (default: KAFKA_BOOTSTRAP)")
+    _add_setting_flags(rep)
+    rep.set_defaults(func=cmd_dlq_replay)
     return parser
 
 

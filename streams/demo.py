@@ -67,6 +67,7 @@ class Follower:
     dead_letter_topic: str
     predictions: dict[str, dict] = field(default_factory=dict)
     dead_letters: list[dict] = field(default_factory=list)
+    client_kwargs: dict = field(default_factory=dict, repr=False)  # KafkaConfig.client_kwargs()
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> "Follower":
@@ -79,7 +80,7 @@ class Follower:
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                  auto_offset_reset="earliest", group_id=None,
-                                 client_id="streamlearner-demo-follower")
+                                 client_id="streamlearner-demo-follower", **self.client_kwargs)
         parts = []
         for topic in (self.predictions_topic, self.dead_letter_topic):
             for p in consumer.partitions_for_topic(topic) or {0}:
@@ -144,6 +145,15 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
     raise TimeoutError(f"{url} not up after {timeout}s")
 
 
+def security_env(kafka) -> dict[str, str]:
+    """The Kafka security settings as environment variables, for a worker subprocess: a
+    password given as a flag reaches it without ever being on its command line."""
+    names = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+             "ssl_cafile")
+    return {f"KAFKA_{n.upper()}": str(getattr(kafka, n)) for n in names
+            if getattr(kafka, n) is not None}
+
+
 def start_worker(env_overrides: dict[str, str], log_path: Path) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(env_overrides)
@@ -193,7 +203,8 @@ def run_demo(settings: Settings, *, feedback_limit: int | None = None,
     try:
         create_topics(bootstrap, settings_topics(k), replication_factor=k.replication_factor,
                       client_kwargs=k.client_kwargs())
-        worker = start_worker({"KAFKA_BOOTSTRAP": bootstrap, "KAFKA_APP_ID": app_id,
+        worker = start_worker({**security_env(k),
+                               "KAFKA_BOOTSTRAP": bootstrap, "KAFKA_APP_ID": app_id,
                                "KAFKA_SESSION_TIMEOUT_S": "10",
                                "METRICS_PORT": str(port),
                                "CHECKPOINT_DIR": str(work / "checkpoints")},
@@ -202,7 +213,8 @@ def run_demo(settings: Settings, *, feedback_limit: int | None = None,
         print(f"worker pid {worker.pid}, log {work / 'worker.log'}; loading the encoder ...")
         wait_http(metrics_url, timeout=180, proc=worker)
         print(f"worker up: {metrics_url}")
-        follower = Follower(bootstrap, k.predictions_topic, k.dead_letter_topic).start()
+        follower = Follower(bootstrap, k.predictions_topic, k.dead_letter_topic,
+                            client_kwargs=k.client_kwargs()).start()
 
         streams = [(k.feedback_topic, read_stream(DEMO_DIR / "feedback.jsonl", feedback_limit)),
                    (k.market_topic, read_stream(DEMO_DIR / "market.jsonl", market_limit))]
