@@ -227,6 +227,47 @@ class CheckpointManager:
         memory_state = json.loads(blobs[_MEMORY])
         return state, meta, memory_state
 
+    def version_of(self, path: str | Path) -> int:
+        return int(_NAME_RE.match(Path(path).name).group(1))
+
+    def find(self, version: int) -> Path | None:
+        """The checkpoint of ``version`` in this directory, if kept."""
+        path = self.directory / f"ckpt-{int(version):012d}"
+        return path if path.is_dir() else None
+
+    def extra_of(self, path: str | Path) -> dict | None:
+        """The caller's ``extra`` of one checkpoint (its meta.json only; not verified)."""
+        try:
+            meta = json.loads((Path(path) / _META).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return meta.get("extra") if isinstance(meta, dict) else None
+
+    def load(self, path: str | Path, learner: Learner) -> dict | None:
+        """Load one checkpoint (checksums verified) into ``learner``; returns its ``extra``.
+        Raises ``ValueError``/``OSError`` and leaves the learner unchanged when it is bad."""
+        state, meta, memory_state = self.read(path)
+        learner.load(state, meta, memory_state)
+        return meta.get("extra")
+
+    def discard_newer(self, version: int, into: str | Path) -> list[Path]:
+        """Move checkpoints newer than ``version`` to ``into`` (a rollback's discarded
+        lineage: the next start must not resume from them); returns their new paths."""
+        moved = []
+        into = Path(into)
+        for path in self.list():
+            if self.version_of(path) <= version:
+                continue
+            into.mkdir(parents=True, exist_ok=True)
+            target = into / path.name
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            os.replace(path, target)
+            moved.append(target)
+        if moved:
+            _fsync_dir(self.directory)
+        return moved
+
     def load_latest(self, learner: Learner) -> dict | None:
         """Load the newest loadable checkpoint into ``learner`` and return its ``extra``.
 

@@ -99,6 +99,8 @@ class LearnerConfig:
     steps_per_batch: optimizer steps per ``learn_many`` call on the same batch.
     max_length: tokens kept per text (longer texts are truncated).
     grad_clip: max global gradient norm; ``0`` disables clipping (nanoGPT's convention).
+    max_grad_norm: an update whose gradient norm before clipping exceeds this is skipped
+        (an exploding, likely poisoned batch); non-finite losses and norms are always skipped.
     seed: torch seed (head init, dropout).
     freeze_encoder: train the heads only; the encoder stays in eval mode (same as ``mode="head"``).
     mode: ``"head"`` (frozen encoder, features of remembered texts cached), ``"lora"``
@@ -124,6 +126,7 @@ class LearnerConfig:
     steps_per_batch: int = 1
     max_length: int = 64
     grad_clip: float = 1.0
+    max_grad_norm: float = 1000.0
     seed: int = 0
     freeze_encoder: bool = False
     mode: str = "head"
@@ -148,6 +151,7 @@ class LearnerConfig:
         # [CLS] and [SEP] alone take two tokens.
         _check_int("max_length", self.max_length, minimum=3)
         _check_float("grad_clip", self.grad_clip, minimum=0.0, strict=False)
+        _check_float("max_grad_norm", self.max_grad_norm, minimum=0.0, strict=True)
         _check_int("seed", self.seed, minimum=0)
         if not isinstance(self.freeze_encoder, bool):
             raise ValueError(f"freeze_encoder must be a bool, got {self.freeze_encoder!r}")

@@ -60,6 +60,7 @@ class UpdateStats:
     model_version: int
     seconds: float
     grad_norm: float
+    skipped: str | None = None  # why no step was applied: nonfinite_loss, nonfinite_grad, grad_norm
 
 
 def _check_texts(name: str, values: Sequence[str]) -> list[str]:
@@ -268,6 +269,7 @@ class Learner:
             for g in self.optimizer.param_groups:
                 g["lr"] *= boost["lr_scale"]
         loss_value = grad_norm = math.nan
+        skipped = None
         for _ in range(cfg.steps_per_batch):
             with self._autocast():
                 outputs = self._forward(batch, feats_frozen, adversarial=cfg.adv_epsilon > 0)
@@ -278,6 +280,7 @@ class Learner:
                         loss = loss + extra
             loss_value = loss.item()
             if not math.isfinite(loss_value):
+                skipped = "nonfinite_loss"
                 break
             loss.backward()
             if cfg.adv_epsilon > 0:
@@ -285,7 +288,8 @@ class Learner:
             for strategy in self.strategies:
                 strategy.after_backward(self, batch)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            if not math.isfinite(grad_norm):
+            if not math.isfinite(grad_norm) or grad_norm > cfg.max_grad_norm:
+                skipped = "nonfinite_grad" if not math.isfinite(grad_norm) else "grad_norm"
                 self.optimizer.zero_grad(set_to_none=True)
                 break
             self.optimizer.step()
@@ -300,7 +304,7 @@ class Learner:
         if not losses:
             counters["skipped_updates"] += 1
             return UpdateStats(loss_value, n_new, len(replayed), self._version,
-                               time.perf_counter() - started, grad_norm)
+                               time.perf_counter() - started, grad_norm, skipped)
         stored = batch.store_logits.tolist() if batch.store_logits is not None else [None] * n_new
         self.replay.add(MemoryItem(task, x, y, None if z is None else tuple(z))
                         for x, y, z in zip(texts, labels, stored))

@@ -39,7 +39,7 @@ class MetricsConfig:
     prequential_window: int = 200
     probe_size: int = 50
     probe_every: int = 10
-    probe_every_updates: int = 20
+    probe_every_updates: int = 10
     lag_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -106,8 +106,24 @@ class Metrics:
         self.updates = Counter("streamlearner_learner_updates_total",
                                "Model updates applied.", ["task"], registry=r)
         self.update_failures = Counter("streamlearner_learner_update_failures_total",
-                                       "Micro-batches whose update was skipped (non-finite loss).",
+                                       "Micro-batches whose update was skipped (all reasons).",
                                        ["task"], registry=r)
+        self.skipped_updates = Counter("streamlearner_learner_skipped_updates_total",
+                                       "Skipped updates by reason: nonfinite_loss, nonfinite_grad, "
+                                       "grad_norm (above LEARNER_MAX_GRAD_NORM).",
+                                       ["task", "reason"], registry=r)
+        self.rollbacks = Counter("streamlearner_learner_rollbacks_total",
+                                 "Rollbacks of the live model: regression (stability guard) or "
+                                 "manual (CLI / API).", ["reason"], registry=r)
+        self.champion_version = Gauge("streamlearner_learner_champion_version",
+                                      "Model version the stability guard last found good.",
+                                      registry=r)
+        self.pending_events = Gauge("streamlearner_stream_pending_ack_events",
+                                    "Consumed events waiting for a checkpoint before their "
+                                    "offsets are committed.", registry=r)
+        self.checkpoint_failures = Counter("streamlearner_learner_checkpoint_failures_total",
+                                           "Checkpoints that could not be written (events stay "
+                                           "unacknowledged and are retried).", registry=r)
         self.trained_samples = Counter("streamlearner_learner_samples_total",
                                        "Samples used in updates: new from the stream or replayed.",
                                        ["task", "kind"], registry=r)
@@ -178,6 +194,8 @@ class Metrics:
                 self.events.labels(topic=topic, outcome=outcome)
             for reason in reasons:
                 self.dead_letters.labels(topic=topic, reason=reason)
+        for reason in ("regression", "manual"):
+            self.rollbacks.labels(reason=reason)
         for task in tasks:
             self.init_task(task)
 

@@ -1,7 +1,9 @@
 """HTTP API of the worker, on Faust's web server beside ``/metrics``.
 
-``POST /predict``, ``POST /explain``, ``GET /status``, ``GET /readyz`` and the OpenAPI
-description at ``GET /openapi.json``. Model work runs on the model thread (the same
+``POST /predict``, ``POST /explain``, ``GET /status``, ``GET /readyz``, the OpenAPI
+description at ``GET /openapi.json``, and the guarded admin surface: ``GET /admin/versions``,
+``POST /admin/rollback``, ``POST /admin/reset-probes`` (``Authorization: Bearer
+$SERVE_ADMIN_TOKEN``; 401 without the right token, 403 when no token is configured). Model work runs on the model thread (the same
 bounded hand-off the agents use), so a request never races an update or a hot swap.
 Every bad request gets a 4xx with a JSON ``{"error": code, "message": ...}``; nothing
 a client sends can raise a 500 or stop the worker.
@@ -9,6 +11,7 @@ a client sends can raise a 500 or stop the worker.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -89,6 +92,9 @@ def openapi(tasks: list[str], max_chars: int) -> dict:
               for c, d in ((400, "malformed request"), (404, "unknown task"),
                            (409, "task has no labels yet"), (413, "too large"),
                            (422, "unprocessable text or label"))}
+    admin_errors = {str(c): {"description": d, "content": {"application/json": {"schema": error}}}
+                    for c, d in ((401, "missing or wrong bearer token"),
+                                 (403, "admin API disabled: SERVE_ADMIN_TOKEN unset"))}
     return {
         "openapi": "3.0.3",
         "info": {"title": "streamlearner worker API", "version": "1"},
@@ -115,7 +121,24 @@ def openapi(tasks: list[str], max_chars: int) -> dict:
                                 "responses": {"200": {"description": "ready"},
                                               "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/admin/versions": {"get": {
+                "summary": "Versions a rollback can go to (bearer token)", "security": [{"bearer": []}],
+                "responses": {"200": {"description": "versions, newest first"}, **admin_errors}}},
+            "/admin/rollback": {"post": {
+                "summary": "Serve a kept version again (the last good one when 'version' is omitted)",
+                "security": [{"bearer": []}],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"version": {"type": "integer", "minimum": 0}}}}}},
+                "responses": {"200": {"description": "the rollback event"},
+                              "404": {"description": "version not kept"}, **admin_errors}}},
+            "/admin/reset-probes": {"post": {
+                "summary": "Draw fresh probe sets (after a genuine concept change)",
+                "security": [{"bearer": []}],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"task": {"type": "string", "enum": tasks}}}}}},
+                "responses": {"200": {"description": "new probe sizes"}, **admin_errors}}},
         },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
 
 
@@ -196,6 +219,9 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
                 "last_update_ts": getattr(pipeline, "last_update_ts", None),
                 "adapting_updates_left": getattr(learner, "adapting", 0),
                 "drift": drift,
+                "champion_version": pipeline.guard.version if pipeline.guard else None,
+                "pending_ack_events": pipeline._pending_events,
+                "probe_sizes": pipeline.probes.sizes(),
             })
 
     @app.page("/readyz")
@@ -209,6 +235,64 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
             return self.json({"ready": ready, "assigned_partitions": assigned,
                               "model_version": pipeline.learner.model_version},
                              status=200 if ready else 503)
+
+    token = settings.serve.admin_token
+
+    def authorize(request: web.Request) -> None:
+        """Constant-time bearer check; the token itself is never logged or echoed."""
+        if not token:
+            raise ApiError(403, "admin_disabled",
+                           "the admin API is disabled: set SERVE_ADMIN_TOKEN on the worker")
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                  token.encode()):
+            log.warning("refused admin request %s from %s: missing or wrong bearer token",
+                        request.path, request.remote)
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+
+    @app.page("/admin/versions")
+    class Versions(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            try:
+                authorize(request)
+            except ApiError as err:
+                return fail(self, err)
+            guard = pipeline.guard
+            return self.json({"model_version": pipeline.learner.model_version,
+                              "champion_version": guard.version if guard else None,
+                              "versions": pipeline.versions()})
+
+    @app.page("/admin/rollback")
+    class Rollback(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            try:
+                authorize(request)
+                body = await _json_body(request) if request.can_read_body else {}
+                version = body.get("version")
+                if version is not None and (not isinstance(version, int)
+                                            or isinstance(version, bool) or version < 0):
+                    raise ApiError(400, "wrong_type", "field 'version' must be an integer >= 0")
+                try:
+                    event = await pipeline.rollback_to(version, "manual")
+                except LookupError as e:
+                    raise ApiError(404, "unknown_version", str(e)) from None
+            except ApiError as err:
+                return fail(self, err)
+            return self.json(event)
+
+    @app.page("/admin/reset-probes")
+    class ResetProbes(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            try:
+                authorize(request)
+                body = await _json_body(request) if request.can_read_body else {}
+                task = body.get("task")
+                if task is not None:
+                    task = _task(body, tasks)
+            except ApiError as err:
+                return fail(self, err)
+            return self.json(await pipeline.reset_probes(task))
 
     @app.page("/openapi.json")
     class OpenApi(web.View):

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams.agents.ingest import register_ingest_agent
 from streams.api import register_api
 from streams.pipeline import Pipeline
-from streams.records import DeadLetter, DriftAlert, ExplanationRecord, Prediction
+from streams.records import DeadLetter, DriftAlert, ExplanationRecord, ModelEvent, Prediction
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         broker_session_timeout=k.session_timeout_s,
         broker_heartbeat_interval=min(3.0, k.session_timeout_s / 3),
         consumer_auto_offset_reset="earliest",
+        # Offsets are acked only once a checkpoint holds their effect (streams/pipeline.py);
+        # a stop or rebalance must not wait for acks that come with the next checkpoint.
+        stream_wait_empty=False,
         producer_acks=-1,
         web_enabled=True,
         web_port=settings.metrics.port,
@@ -83,6 +86,9 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
                              key_serializer="raw", value_serializer="json")
     explanations = app.topic(k.explanations_topic, value_type=ExplanationRecord, key_type=str,
                              key_serializer="raw", value_serializer="json")
+    model_events = app.topic(k.model_events_topic, value_type=ModelEvent, key_type=str,
+                             key_serializer="raw", value_serializer="json")
+    pipeline.publish_model_event = lambda key, rec: model_events.send(key=key, value=rec)
     pipeline.publish_explanation = lambda key, rec: explanations.send(key=key, value=rec)
     pipeline.publish_prediction = lambda key, rec: predictions.send(key=key, value=rec)
     pipeline.publish_dead_letter = lambda key, rec: dead_letters.send(key=key, value=rec)
@@ -96,6 +102,12 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
 
     registry = pipeline.metrics.registry
     sources = set(k.source_topics())
+
+    @app.timer(interval=min(1.0, settings.checkpoint.idle_s))
+    async def flush_idle():
+        # Events wait for a checkpoint before their offsets are committed; when the stream
+        # goes quiet, make them durable now rather than at the next batch.
+        await pipeline.flush_if_idle()
 
     @app.timer(interval=settings.metrics.lag_interval_s)
     async def consumer_lag():

@@ -111,6 +111,50 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_url(args: argparse.Namespace, settings: Settings) -> str:
+    return args.url or f"http://{settings.metrics.host}:{settings.metrics.port}"
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    import json
+
+    from streams.admin import admin_request, local_versions
+
+    settings = _settings(args)
+    if args.offline:
+        print(json.dumps({"versions": local_versions(settings)}, indent=2))
+        return 0
+    status, body = admin_request(_admin_url(args, settings), "/admin/versions",
+                                 settings.serve.admin_token)
+    print(json.dumps(body, indent=2))
+    return 0 if status == 200 else 1
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    import json
+
+    from streams.admin import admin_request, rollback_offline
+
+    settings = _settings(args)
+    if args.version is not None and args.version < 0:
+        raise SettingsError(f"--to must be >= 0, got {args.version}")
+    if args.offline:
+        if args.version is None:
+            raise SettingsError("--offline needs --to VERSION")
+        try:
+            path = rollback_offline(settings, args.version)
+        except LookupError as e:
+            print(f"streamlearner: {e}", file=sys.stderr)
+            return 1
+        print(f"the next worker start resumes at version {args.version} ({path})")
+        return 0
+    body = {} if args.version is None else {"version": args.version}
+    status, answer = admin_request(_admin_url(args, settings), "/admin/rollback",
+                                   settings.serve.admin_token, body)
+    print(json.dumps(answer, indent=2))
+    return 0 if status == 200 else 1
+
+
 BENCHMARKS = ("continual", "drift", "explain", "distill")
 
 
@@ -168,6 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--out", default=None, help="default: CHECKPOINT_DIR/student")
     _add_setting_flags(dist)
     dist.set_defaults(func=cmd_distill)
+
+    versions = sub.add_parser("versions", help="versions a rollback can go to")
+    versions.add_argument("--url", default=None,
+                          help="worker API (default: http://METRICS_HOST:METRICS_PORT)")
+    versions.add_argument("--offline", action="store_true",
+                          help="read CHECKPOINT_DIR instead of asking a running worker")
+    _add_setting_flags(versions)
+    versions.set_defaults(func=cmd_versions)
+
+    rollback = sub.add_parser(
+        "rollback", help="serve a kept model version again (token: SERVE_ADMIN_TOKEN)")
+    rollback.add_argument("--to", dest="version", type=int, default=None,
+                          help="version (default: the stability guard's last good one)")
+    rollback.add_argument("--url", default=None,
+                          help="worker API (default: http://METRICS_HOST:METRICS_PORT)")
+    rollback.add_argument("--offline", action="store_true",
+                          help="worker stopped: rearrange CHECKPOINT_DIR for the next start")
+    _add_setting_flags(rollback)
+    rollback.set_defaults(func=cmd_rollback)
 
     bench = sub.add_parser("bench", help="run a benchmark from bench/ (each has its own --help)")
     bench.add_argument("name", choices=BENCHMARKS)

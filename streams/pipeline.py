@@ -5,8 +5,15 @@ learning: prequential) → publish predictions → drift detectors (streams/adap
 → labeled, not-recently-seen texts, less the few held out as probes (streams/probe.py)
 → one learner update on the model thread → checkpoint when due. Each rejected
 event is dead-lettered with its coordinates and reason; nothing is dropped
-silently. The call returns only after the update is applied and every output is
-acknowledged by the broker, so the agent acks (and Faust commits) after that.
+silently.
+
+Exactly-once effect on the model: batches run one at a time (across all agents), and a
+batch's ``ack`` (which lets Faust commit its offsets) is called only once a checkpoint
+holds its effect: at the next checkpoint when it changed the model, at once when it did not
+and nothing before it waits. A crash redelivers exactly the events after the restored
+checkpoint; the checkpoint carries the dedup ids of everything it contains, so a
+redelivered event that it already holds is recognised and not trained twice. The update
+journal (streams/journal.py) records the event ids of every update of the model's history.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ from streams.cleaning import clean_event
 from streams.dedup import Deduplicator
 from streams.handoff import ModelThread
 from streams.probe import ProbeSets
-from streams.records import (DeadLetter, Event, ExplanationRecord, Prediction, Reason,
-                             RejectedEvent, dead_letter, decode_event)
+from streams.records import (DeadLetter, Event, ExplanationRecord, ModelEvent, Prediction,
+                             Reason, RejectedEvent, dead_letter, decode_event)
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,10 +39,13 @@ if TYPE_CHECKING:
     from learner.checkpoints import CheckpointManager
     from learner.learner import Learner
     from streams.adaptation import DriftWatch
+    from streams.guard import StabilityGuard
+    from streams.journal import UpdateJournal
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Any, Any], Awaitable[Any]]  # (key, record) -> awaitable delivery
+Ack = Callable[[], Awaitable[Any]]  # lets the consumer commit a batch's offsets
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,7 @@ class BatchReport:
     duplicate: int = 0
     trained: int = 0
     model_version: int = 0
+    refused: bool = False  # the worker is draining: not processed, not acked (redelivered)
 
 
 class Pipeline:
@@ -64,7 +75,9 @@ class Pipeline:
     def __init__(self, settings: Settings, learner: Learner, metrics: Metrics,
                  model_thread: ModelThread, checkpoints: CheckpointManager | None = None,
                  dedup: Deduplicator | None = None, drift: DriftWatch | None = None,
-                 probes: ProbeSets | None = None, serving: ServingModel | None = None):
+                 probes: ProbeSets | None = None, serving: ServingModel | None = None,
+                 journal: UpdateJournal | None = None, guard: StabilityGuard | None = None,
+                 champion: CheckpointManager | None = None):
         self.settings = settings
         self.learner = learner
         self.metrics = metrics
@@ -80,11 +93,22 @@ class Pipeline:
         self.publish_prediction: Publish | None = None
         self.publish_dead_letter: Publish | None = None
         self.publish_explanation: Publish | None = None
+        self.publish_model_event: Publish | None = None
+        self.journal = journal
+        self.guard = guard
+        self.champion = champion
         self.last_update_ts: float | None = None
         self._explain_rng = random.Random(0)
         self._updates_since_checkpoint = 0
         self._updates_since_probe = 0
         self._last_checkpoint = time.monotonic()
+        self._lock: asyncio.Lock | None = None
+        self._pending: list[Ack] = []      # acks waiting for a checkpoint, in batch order
+        self._pending_events = 0
+        self._dirty = False                 # the model changed since the last checkpoint
+        self._in_batch = False
+        self._draining = False
+        self._last_batch = time.monotonic()
 
     # -- start / stop ---------------------------------------------------------------------------
     def restore(self) -> int:
@@ -95,18 +119,119 @@ class Pipeline:
         if extra:
             self.dedup.load_state_dict(extra.get("dedup", {}))
             self.probes.load_state_dict(extra.get("probes", {}))
+        version = self.learner.model_version
+        if self.journal is not None:
+            kept = self.journal.truncate_after(version)
+            log.info("update journal: %d updates in the model's history", kept)
+        if self.guard is not None and self.champion is not None:
+            self._restore_champion(version)
         self._refresh_learner_gauges()
-        log.info("resumed at model version %d", self.learner.model_version)
-        return self.learner.model_version
+        log.info("resumed at model version %d", version)
+        return version
+
+    def _restore_champion(self, version: int) -> None:
+        newest = self.champion.latest()
+        if newest is None:
+            return
+        if self.champion.version_of(newest) > version:
+            # Its lineage is gone (a crash lost the updates after `version`): not comparable.
+            self.champion.discard_newer(version, self.checkpoints.directory / "discarded")
+            return
+        extra = self.champion.extra_of(newest) or {}
+        self.guard.load_state_dict(extra.get("guard", {}))
+        if self.guard.version is not None:
+            self.metrics.champion_version.set(self.guard.version)
 
     def checkpoint_now(self) -> None:
-        """Synchronous checkpoint (shutdown path: the event loop is already gone)."""
-        if self.checkpoints is None or self._updates_since_checkpoint == 0:
+        """Synchronous checkpoint (shutdown fallback once the event loop is gone): only
+        when no batch was cut short, so the checkpoint never holds half a batch."""
+        if self.checkpoints is None or not self._dirty or self._in_batch:
             return
         self.model.call(self._save, self._extra_state())
 
+    # -- acknowledgement ------------------------------------------------------------------------
+    def _batch_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _checkpoint(self) -> bool:
+        """Save (model thread), then ack every batch it holds; False if the save failed."""
+        try:
+            await self.model.run(self._save, self._extra_state())
+        except Exception:
+            self.metrics.checkpoint_failures.inc()
+            log.exception("checkpoint failed; %d events stay unacknowledged and will be "
+                          "retried", self._pending_events)
+            return False
+        await self._ack_pending()
+        return True
+
+    async def _ack_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        self._pending_events = 0
+        self.metrics.pending_events.set(0)
+        for ack in pending:
+            await ack()
+
+    async def _settle(self, ack: Ack | None, n_events: int) -> None:
+        """After a batch: queue its ack behind the next checkpoint, checkpoint when due."""
+        if ack is not None:
+            if self.checkpoints is None:
+                await ack()
+            else:
+                self._pending.append(ack)
+                self._pending_events += n_events
+        if self.checkpoints is None:
+            return
+        if self._dirty and self._checkpoint_due():
+            await self._checkpoint()
+        elif not self._dirty and self._pending:
+            await self._ack_pending()   # nothing changed the model since the last checkpoint
+        self.metrics.pending_events.set(self._pending_events)
+
+    async def flush_if_idle(self) -> None:
+        """Timer: checkpoint and ack when events wait and the stream went quiet."""
+        if not self._pending or time.monotonic() - self._last_batch < self.settings.checkpoint.idle_s:
+            return
+        async with self._batch_lock():
+            if not self._pending:
+                return
+            if self._dirty:
+                await self._checkpoint()
+            else:
+                await self._ack_pending()
+
+    async def drain(self) -> None:
+        """Shutdown: refuse new batches, finish the running one, checkpoint, ack everything."""
+        self._draining = True
+        async with self._batch_lock():
+            if self._dirty and self.checkpoints is not None:
+                await self._checkpoint()
+            elif self._pending:
+                await self._ack_pending()
+        log.info("drained at model version %d", self.learner.model_version)
+
     # -- the batch ------------------------------------------------------------------------------
-    async def handle(self, task: str, batch: Sequence[RawEvent]) -> BatchReport:
+    async def handle(self, task: str, batch: Sequence[RawEvent],
+                     ack: Ack | None = None) -> BatchReport:
+        """Process one micro-batch; ``ack`` is called once its effect is durable (see module
+        doc). Batches of all agents run one at a time."""
+        if self._draining:
+            return BatchReport(refused=True)
+        async with self._batch_lock():
+            if self._draining:
+                return BatchReport(refused=True)
+            self._in_batch = True
+            try:
+                report = await self._handle(task, batch)
+            finally:
+                self._in_batch = False
+            self._last_batch = time.monotonic()
+            await self._settle(ack, len(batch))
+            return report
+
+    async def _handle(self, task: str, batch: Sequence[RawEvent]) -> BatchReport:
         report = BatchReport()
         deliveries: list[Awaitable[Any]] = []
         received_at = time.time()
@@ -174,15 +299,28 @@ class Pipeline:
         report.model_version = self.learner.model_version
         return report
 
+    def _learn_job(self, task: str, texts: list[str], labels: list[str], ids: list[str]):
+        """Model thread: the update and its journal line, in model order."""
+        before = self.learner.model_version
+        stats = self.learner.learn_many(task, texts, labels)
+        if stats.model_version != before:
+            self._dirty = True
+            if self.journal is not None:
+                self.journal.append(stats.model_version, task, ids)
+        return stats
+
     async def _learn(self, task: str, train: list[tuple[RawEvent, Event]]) -> None:
         texts = [event.text for _, event in train]
         labels = [event.label for _, event in train]
-        stats = await self.model.run(self.learner.learn_many, task, texts, labels)
+        ids = [event.id for _, event in train]
+        stats = await self.model.run(self._learn_job, task, texts, labels, ids)
         done = time.time()
         m = self.metrics
-        if stats.loss != stats.loss or stats.loss in (float("inf"), float("-inf")):
+        if stats.skipped is not None or stats.n_new == 0:
             m.update_failures.labels(task=task).inc()
-            log.warning("skipped a %s update: non-finite loss", task)
+            m.skipped_updates.labels(task=task, reason=stats.skipped or "empty").inc()
+            log.warning("skipped a %s update of %d events: %s (loss %s, grad norm %s)", task,
+                        len(train), stats.skipped, stats.loss, stats.grad_norm)
             return
         m.updates.labels(task=task).inc()
         m.update_duration.labels(task=task).observe(stats.seconds)
@@ -199,12 +337,7 @@ class Pipeline:
         self._updates_since_probe += 1
         if self._updates_since_probe >= self.settings.metrics.probe_every_updates:
             self._updates_since_probe = 0
-            accuracy = await self.model.run(self.probes.evaluate, self.learner)
-            for probe_task, forgetting in self.probes.record(accuracy).items():
-                m.probe_accuracy.labels(task=probe_task).set(accuracy[probe_task])
-                m.forgetting.labels(task=probe_task).set(forgetting)
-        if self.checkpoints is not None and self._checkpoint_due():
-            await self.model.run(self._save, self._extra_state())
+            await self._evaluate()
 
     async def _explain_sample(self, task: str, accepted: list[tuple[RawEvent, Event]],
                               predictions) -> list[Awaitable[Any]]:
@@ -234,17 +367,143 @@ class Pipeline:
 
         return Explainer(model).explain(task, text, method=self.settings.serve.explain_method)
 
+    # -- stability guard and rollback -------------------------------------------------------
+    async def _evaluate(self) -> None:
+        """Probe accuracy -> metrics, then the guard's verdict (promote / hold / rollback)."""
+        m = self.metrics
+        accuracy = await self.model.run(self.probes.evaluate, self.learner)
+        for probe_task, forgetting in self.probes.record(accuracy).items():
+            m.probe_accuracy.labels(task=probe_task).set(accuracy[probe_task])
+            m.forgetting.labels(task=probe_task).set(forgetting)
+        if self.guard is None or self.champion is None or not accuracy:
+            return
+        sizes = self.probes.sizes()
+        verdict = self.guard.judge(accuracy, sizes)
+        if verdict.action == "promote":
+            await self.model.run(self._promote, accuracy, sizes)
+        elif verdict.action == "rollback":
+            log.warning("stability guard: %s probe accuracy %.3f is %.3f below the champion "
+                        "(version %s); rolling back", verdict.task,
+                        accuracy[verdict.task], verdict.drop, verdict.champion_version)
+            await self._rollback(verdict.champion_version, "regression", verdict=verdict)
+        elif verdict.action == "hold":
+            log.info("stability guard: holding champion %s (%s down %.3f)",
+                     verdict.champion_version, verdict.task, verdict.drop)
+
+    def _promote(self, accuracy: dict, sizes: dict) -> None:
+        version = self.learner.model_version
+        if self.guard.version == version:
+            return
+        self.guard.accept(version, accuracy, sizes)
+        self.champion.save(self.learner, extra={"guard": self.guard.state_dict()})
+        self.metrics.champion_version.set(version)
+
+    def find_checkpoint(self, version: int | None):
+        """Where a version can be rolled back from: the newest champion when ``version`` is
+        None, else the first of the checkpoint, champion, pre-drift and discarded folders
+        that holds it."""
+        from learner.checkpoints import CheckpointManager
+
+        if version is None:
+            return self.champion.latest() if self.champion is not None else None
+        base = self.checkpoints.directory
+        folders = [self.checkpoints, self.champion] + [
+            CheckpointManager(base / name) for name in ("pre-drift", "discarded")]
+        for manager in folders:
+            if manager is not None and (path := manager.find(version)) is not None:
+                return path
+        return None
+
+    def versions(self) -> list[dict]:
+        """Every version a rollback can go to, newest first."""
+        from learner.checkpoints import CheckpointManager
+
+        if self.checkpoints is None:
+            return []
+        base = self.checkpoints.directory
+        out = []
+        for kind, manager in (("checkpoint", self.checkpoints), ("champion", self.champion),
+                              ("pre-drift", CheckpointManager(base / "pre-drift")),
+                              ("discarded", CheckpointManager(base / "discarded"))):
+            if manager is None:
+                continue
+            for path in manager.list():
+                out.append({"version": manager.version_of(path), "kind": kind,
+                            "path": str(path)})
+        return sorted(out, key=lambda v: -v["version"])
+
+    async def rollback_to(self, version: int | None, reason: str = "manual") -> dict:
+        """Serve ``version`` (the champion when None) again; see :meth:`_rollback`."""
+        async with self._batch_lock():
+            return await self._rollback(version, reason)
+
+    async def _rollback(self, version: int | None, reason: str, verdict=None) -> dict:
+        """Load a kept checkpoint into the live learner (dedup ids and probes stay current:
+        the discarded updates' events are not trained again), cut the journal back, move the
+        newer checkpoints to ``discarded/``, checkpoint, announce on ``model-events``."""
+        if self.checkpoints is None:
+            raise LookupError("rollback needs checkpoints (CHECKPOINT_DIR)")
+        path = self.find_checkpoint(version)
+        if path is None:
+            raise LookupError(f"no kept checkpoint of version {version}" if version is not None
+                              else "no champion yet")
+        from_version = self.learner.model_version
+        to_version = await self.model.run(self._rollback_job, path)
+        self.metrics.rollbacks.labels(reason=reason).inc()
+        self._refresh_learner_gauges()
+        self._dirty = True
+        await self._checkpoint()
+        event = ModelEvent(kind="rollback", reason=reason, from_version=from_version,
+                           to_version=to_version, task=verdict.task if verdict else None,
+                           accuracy=dict(verdict.accuracy) if verdict else {},
+                           champion_accuracy=dict(verdict.champion) if verdict else {},
+                           ts=time.time())
+        log.warning("rolled back from version %d to %d (%s)", from_version, to_version, reason)
+        if self.publish_model_event is not None:
+            await (await self.publish_model_event("rollback", event))
+        return event.asdict()
+
+    def _rollback_job(self, path) -> int:
+        from learner.checkpoints import CheckpointManager
+
+        CheckpointManager(path.parent).load(path, self.learner)
+        version = self.learner.model_version
+        discarded = self.checkpoints.directory / "discarded"
+        self.checkpoints.discard_newer(version, discarded)
+        if self.journal is not None:
+            self.journal.truncate_after(version)
+        if self.guard is not None and self.champion is not None:
+            if self.guard.version is not None and self.guard.version > version:
+                self.guard.forget()
+                self.guard.version = None
+                self.champion.discard_newer(version, discarded)
+        self._updates_since_probe = 0
+        return version
+
+    async def reset_probes(self, task: str | None = None) -> dict:
+        """Operator action after a genuine concept change: fresh probe sets are drawn from
+        the stream and the guard stops comparing with the old ones."""
+        async with self._batch_lock():
+            self.probes.clear(task)
+            if self.guard is not None:
+                self.guard.forget(task)
+            return {"reset": task or "all", "probe_sizes": self.probes.sizes()}
+
     def _checkpoint_due(self) -> bool:
         cfg = self.settings.checkpoint
         return (self._updates_since_checkpoint >= cfg.every_updates
-                or time.monotonic() - self._last_checkpoint >= cfg.every_s)
+                or time.monotonic() - self._last_checkpoint >= cfg.every_s
+                or self._pending_events >= cfg.max_pending_events)
 
     def _extra_state(self) -> dict:
         # Snapshot on the event loop: the dedup sets are mutated there.
         return {"dedup": self.dedup.state_dict(), "probes": self.probes.state_dict()}
 
     def _save(self, extra: dict) -> None:
+        if self.journal is not None:
+            self.journal.sync()   # the journal lines of what this checkpoint holds, first
         path = self.checkpoints.save(self.learner, extra=extra)
+        self._dirty = False
         self._updates_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self.metrics.checkpoints.inc()

@@ -46,6 +46,16 @@ class ProbeSets:
         self.best.pop(task, None)   # a changed probe set: old accuracies are not comparable
         return True
 
+    def sizes(self) -> dict[str, int]:
+        return {task: len(items) for task, items in self.items.items()}
+
+    def clear(self, task: str | None = None) -> None:
+        """Drop the probe set of ``task`` (all when None); new events refill it."""
+        for t in ([task] if task is not None else list(self.items)):
+            self.items.pop(t, None)
+            self.best.pop(t, None)
+            self.accuracy.pop(t, None)
+
     def evaluate(self, learner: Learner) -> dict[str, float]:
         """Accuracy per task (model thread)."""
         out = {}

@@ -270,6 +270,22 @@ class DriftAlert(faust.Record, serializer="json", include_metadata=False, coerce
     schema_version: int = SCHEMA_VERSION
 
 
+class ModelEvent(faust.Record, serializer="json", include_metadata=False, coerce=True):
+    """A change of the live model that was not an update (``model-events``, key: kind):
+    ``kind`` ``rollback`` with ``reason`` ``regression`` (the stability guard: ``task``'s probe
+    accuracy fell from ``champion_accuracy`` to ``accuracy``) or ``manual`` (CLI / API)."""
+
+    kind: str
+    reason: str
+    from_version: int
+    to_version: int
+    task: str | None
+    accuracy: dict
+    champion_accuracy: dict
+    ts: float
+    schema_version: int = SCHEMA_VERSION
+
+
 class ExplanationRecord(faust.Record, serializer="json", include_metadata=False, coerce=True):
     """Word attributions for one stream prediction (``explanations``, key: event id);
     ``words`` holds ``{"word", "start", "end", "score"}`` objects in text order."""

@@ -55,6 +55,8 @@ class KafkaConfig:
         "Where drift detections go (task, kind, detector, statistic, p-value, windows, ts)."))
     explanations_topic: str = field(default="explanations", metadata=_help(
         "Where sampled stream explanations go (SERVE_EXPLAIN_FRACTION > 0)."))
+    model_events_topic: str = field(default="model-events", metadata=_help(
+        "Where rollbacks (stability guard, manual) are announced."))
     partitions: int = field(default=1, metadata=_help(
         "Partitions when `topics create` makes the topics."))
     replication_factor: int = field(default=1, metadata=_help(
@@ -78,7 +80,7 @@ class KafkaConfig:
             raise ValueError(f"app_id must be letters, digits, '.', '_' or '-', got {self.app_id!r}")
         topics = {}
         for name in ("feedback_topic", "market_topic", "predictions_topic", "dead_letter_topic",
-                     "drift_topic", "explanations_topic"):
+                     "drift_topic", "explanations_topic", "model_events_topic"):
             value = getattr(self, name)
             if not _TOPIC_RE.match(value):
                 raise ValueError(f"{name} is not a valid Kafka topic name: {value!r}")
@@ -110,7 +112,8 @@ class KafkaConfig:
 
     def all_topics(self) -> list[str]:
         return [self.feedback_topic, self.market_topic, self.predictions_topic,
-                self.dead_letter_topic, self.drift_topic, self.explanations_topic]
+                self.dead_letter_topic, self.drift_topic, self.explanations_topic,
+                self.model_events_topic]
 
     def client_kwargs(self) -> dict[str, Any]:
         """Security settings for kafka-python clients."""
@@ -160,22 +163,52 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
+    """When the learner's state is made durable; offsets are committed only after that."""
+
     dir: str = field(default="var/checkpoints", metadata=_help(
         "Directory of checkpoints (safetensors + JSON + replay memory)."))
-    every_updates: int = field(default=50, metadata=_help("Checkpoint after this many updates."))
-    every_s: float = field(default=300.0, metadata=_help(
+    every_updates: int = field(default=20, metadata=_help(
+        "Checkpoint after this many updates. Events are acknowledged to Kafka (offsets "
+        "committed) only once a checkpoint holds them: this bounds the work a crash redoes."))
+    every_s: float = field(default=60.0, metadata=_help(
         "... or when this many seconds passed since the last one (and something changed)."))
+    idle_s: float = field(default=5.0, metadata=_help(
+        "... or when events wait for a checkpoint and no batch came for this many seconds."))
+    max_pending_events: int = field(default=5000, metadata=_help(
+        "... or when this many consumed events wait for one (bounds memory and redelivery)."))
     keep_last: int = field(default=3, metadata=_help("Checkpoints kept on disk."))
+    journal: bool = field(default=True, metadata=_help(
+        "Keep CHECKPOINT_DIR/journal.jsonl: the event ids of every update in the model's "
+        "history (one line per update, about 40 bytes per trained event)."))
 
     def __post_init__(self) -> None:
         if not self.dir:
             raise ValueError("dir must not be empty")
-        if self.every_updates < 1:
-            raise ValueError(f"every_updates must be >= 1, got {self.every_updates}")
-        if self.every_s <= 0:
-            raise ValueError(f"every_s must be > 0, got {self.every_s}")
-        if self.keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        for name in ("every_updates", "keep_last", "max_pending_events"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("every_s", "idle_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Stability guard (champion/challenger): judged at every probe evaluation
+    (METRICS_PROBE_EVERY_UPDATES) on the per-task probe sets (METRICS_PROBE_SIZE)."""
+
+    enabled: bool = field(default=True, metadata=_help(
+        "Roll back to the last good model when probe accuracy falls by more than the margin."))
+    margin: float = field(default=0.10, metadata=_help(
+        "Roll back when a task's probe accuracy is this much below the last good version."))
+    min_probe: int = field(default=20, metadata=_help(
+        "A task is judged only once its probe set holds this many events."))
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.margin < 1.0:
+            raise ValueError(f"margin must be in (0, 1), got {self.margin}")
+        if self.min_probe < 1:
+            raise ValueError(f"min_probe must be >= 1, got {self.min_probe}")
 
 
 @dataclass(frozen=True)
@@ -246,6 +279,8 @@ _LEARNER_HELP = {
     "steps_per_batch": "Optimiser steps per micro-batch.",
     "max_length": "Max tokens per text (dynamic padding up to this).",
     "grad_clip": "Gradient-norm clip.",
+    "max_grad_norm": "Skip (and count) an update whose gradient norm before clipping exceeds "
+                     "this (exploding batch); non-finite losses/gradients are always skipped.",
     "seed": "Random seed.",
     "freeze_encoder": "Train the heads only (same as LEARNER_MODE=head).",
     "mode": "head (frozen encoder, cached features), lora (adapters on attention q/k/v) or full.",
@@ -269,7 +304,7 @@ _METRICS_HELP = {
     "prequential_window": "Predictions in the sliding prequential-accuracy window.",
     "probe_size": "Labeled events per task held out of training as a probe set (forgetting).",
     "probe_every": "One labeled event in this many (by id hash) goes to the probe until it is full.",
-    "probe_every_updates": "Evaluate the probe sets every this many model updates.",
+    "probe_every_updates": "Evaluate the probe sets (forgetting, stability guard) every this many model updates.",
     "lag_interval_s": "Seconds between consumer-lag readings.",
 }
 
@@ -289,6 +324,9 @@ class ServeConfig:
         "topic; each costs model-thread time."))
     explain_method: str = field(default="ig", metadata=_help(
         "ig (Integrated Gradients) or gxi (gradient x input, faster)."))
+    admin_token: str | None = field(default=None, metadata=_help(
+        "Bearer token of the state-changing endpoints (POST /admin/*); unset: they answer "
+        "403. Set it from a secret store, never on the command line (never logged)."))
 
     def __post_init__(self) -> None:
         if self.model not in ("teacher", "student"):
@@ -301,6 +339,14 @@ class ServeConfig:
             raise ValueError(f"explain_fraction must be in [0, 1], got {self.explain_fraction}")
         if self.explain_method not in ("ig", "gxi"):
             raise ValueError(f"explain_method must be 'ig' or 'gxi', got {self.explain_method!r}")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ValueError("admin_token must be at least 16 characters (got a shorter one)")
+
+    def __repr__(self) -> str:  # never print the token
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if shown["admin_token"]:
+            shown["admin_token"] = "***"
+        return "ServeConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
 SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
@@ -311,6 +357,7 @@ SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
     "checkpoint": (CheckpointConfig, None),
     "metrics": (MetricsConfig, _METRICS_HELP),
     "drift": (DriftConfig, None),
+    "guard": (GuardConfig, None),
     "serve": (ServeConfig, None),
 }
 
@@ -376,6 +423,7 @@ class Settings:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     @classmethod

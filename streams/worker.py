@@ -17,7 +17,9 @@ def build_pipeline(settings: Settings):
     from learner.serving import ServingModel
     from monitoring.metrics import Metrics
     from streams.adaptation import DriftWatch, rollback_manager
+    from streams.guard import StabilityGuard
     from streams.handoff import ModelThread
+    from streams.journal import UpdateJournal
     from streams.pipeline import Pipeline
     from streams.records import Reason
 
@@ -35,8 +37,14 @@ def build_pipeline(settings: Settings):
                        rollback_manager(settings.checkpoint.dir, settings.checkpoint.keep_last))
     serving = ServingModel(learner, serve=settings.serve.model,
                            student_dir=student_dir(settings))
+    ck = settings.checkpoint
+    journal = UpdateJournal(os.path.join(ck.dir, "journal.jsonl")) if ck.journal else None
+    guard = champion = None
+    if settings.guard.enabled:
+        guard = StabilityGuard(margin=settings.guard.margin, min_probe=settings.guard.min_probe)
+        champion = CheckpointManager(os.path.join(ck.dir, "champion"), keep_last=1)
     pipeline = Pipeline(settings, learner, metrics, model_thread, checkpoints, drift=watch,
-                        serving=serving)
+                        serving=serving, journal=journal, guard=guard, champion=champion)
     pipeline.restore()
     model_thread.call(serving.maybe_reload)
     return pipeline
@@ -46,9 +54,43 @@ def student_dir(settings: Settings) -> str:
     return settings.serve.student_dir or os.path.join(settings.checkpoint.dir, "student")
 
 
-def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
+def _worker_class():
+    import asyncio
+
     import faust
 
+    class DrainingWorker(faust.Worker):
+        """On SIGTERM / SIGINT: drain the pipeline (finish the batch, checkpoint, ack), then
+        stop as Faust does. A second signal stops at once."""
+
+        pipeline = None
+        _draining = False
+
+        def _drain_then(self, stop) -> None:
+            if self._draining or self.pipeline is None:
+                stop()
+                return
+            self._draining = True
+
+            async def drain_and_stop():
+                try:
+                    await asyncio.wait_for(self.pipeline.drain(), timeout=120)
+                except Exception:   # stopping matters more than a clean drain
+                    log.exception("drain before stop failed; un-acked events will be redelivered")
+                stop()
+
+            self.loop.create_task(drain_and_stop())
+
+        def _on_sigterm(self) -> None:
+            self._drain_then(super()._on_sigterm)
+
+        def _on_sigint(self) -> None:
+            self._drain_then(super()._on_sigint)
+
+    return DrainingWorker
+
+
+def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     from streams.app import create_app
 
     from prometheus_client import disable_created_metrics
@@ -61,7 +103,8 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     log.info("settings: %r", settings)
     pipeline = build_pipeline(settings)
     app = create_app(settings, pipeline)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = _worker_class()(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.pipeline = pipeline
     try:
         worker.execute_from_commandline()
     except SystemExit:
@@ -69,4 +112,6 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     finally:
         pipeline.checkpoint_now()
         pipeline.model.close()
+        if pipeline.journal is not None:
+            pipeline.journal.close()
         log.info("worker stopped at model version %d", pipeline.learner.model_version)

@@ -1,11 +1,15 @@
 """The ingestion agent: one per source topic, thin by design.
 
 It only turns Faust events into :class:`~streams.pipeline.RawEvent` and hands
-micro-batches to the pipeline. ``take_events`` acks a batch after the body
-returns, i.e. after the learner applied it and the outputs were delivered.
+micro-batches to the pipeline. Events are taken without automatic acks
+(``noack_take``): the pipeline calls the batch's ``ack`` once a checkpoint holds its
+effect, and only acked offsets are committed. The batch runs shielded from the
+agent's cancellation, so a stopping worker never leaves half a batch applied.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import faust
 
@@ -17,12 +21,17 @@ def register_ingest_agent(app: faust.App, topic: faust.TopicT, task: str,
     cfg = pipeline.settings.stream
 
     async def ingest(stream):
-        async for events in stream.take_events(cfg.batch_size, within=cfg.max_wait_s):
+        async for events in stream.noack_take(cfg.batch_size, within=cfg.max_wait_s):
             batch = [RawEvent(value=e.value if isinstance(e.value, bytes) else bytes(e.value or b""),
                               topic=e.message.topic, partition=e.message.partition,
                               offset=e.message.offset, timestamp=e.message.timestamp)
                      for e in events]
-            report = await pipeline.handle(task, batch)
+
+            async def ack(events=events):
+                for event in events:
+                    await stream.ack(event)
+
+            report = await asyncio.shield(pipeline.handle(task, batch, ack))
             yield report
 
     ingest.__name__ = ingest.__qualname__ = f"ingest_{task}"

@@ -92,6 +92,7 @@ def worker_env(broker, tmp_path):
         "KAFKA_DEAD_LETTER_TOPIC": f"dead-letters-{uid}",
         "KAFKA_DRIFT_TOPIC": f"drift-alerts-{uid}",
         "KAFKA_EXPLANATIONS_TOPIC": f"explanations-{uid}",
+        "KAFKA_MODEL_EVENTS_TOPIC": f"model-events-{uid}",
         "KAFKA_SESSION_TIMEOUT_S": "6",
         "STREAM_MAX_WAIT_S": "0.5",
         "METRICS_PORT": str(free_port()),
