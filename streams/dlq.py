@@ -192,7 +192,10 @@ def read_topic(bootstrap: str, topic: str, *, client_kwargs: Mapping[str, Any],
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
+        # The end when called; raised to the high-water mark of the first fetch, because
+        # some Kafka-protocol brokers (Tansu) answer ListOffsets(latest) with less.
+        ends = dict(consumer.end_offsets(tps))
+        fetched: set = set()
         pending = {tp for tp in tps if ends[tp] > consumer.position(tp)}
         deadline = time.monotonic() + timeout_s
         while pending:
@@ -200,6 +203,9 @@ def read_topic(bootstrap: str, topic: str, *, client_kwargs: Mapping[str, Any],
                 raise TimeoutError(f"reading {topic}: no progress for {timeout_s:.0f} s")
             for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
                 deadline = time.monotonic() + timeout_s
+                if tp not in fetched:
+                    fetched.add(tp)
+                    ends[tp] = max(ends[tp], consumer.highwater(tp) or 0)
                 for rec in records:
                     if rec.offset < ends[tp]:
                         yield rec

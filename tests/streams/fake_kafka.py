@@ -31,6 +31,7 @@ class FakeKafka:
     topics: dict[str, list[list[Record]]] = field(default_factory=dict)
     clients: list[tuple[str, dict]] = field(default_factory=list)
     fail_sends: set = field(default_factory=set)  # (topic, payload) pairs whose send fails
+    end_offsets_short_by: int = 0  # like Tansu: ListOffsets(latest) below the high-water mark
 
     def create(self, topic: str, partitions: int = 1) -> None:
         self.topics.setdefault(topic, [[] for _ in range(partitions)])
@@ -66,7 +67,11 @@ class FakeKafka:
                     self._pos[tp] = 0
 
             def end_offsets(self, tps):
-                return {tp: len(fake.topics[tp.topic][tp.partition]) for tp in tps}
+                ends = {tp: len(fake.topics[tp.topic][tp.partition]) for tp in tps}
+                return {tp: min(n, max(1, n - fake.end_offsets_short_by)) for tp, n in ends.items()}
+
+            def highwater(self, tp):
+                return len(fake.topics[tp.topic][tp.partition])
 
             def position(self, tp):
                 return self._pos[tp]

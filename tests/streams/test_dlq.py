@@ -119,6 +119,15 @@ def test_unreadable_records_and_foreign_topics_are_skipped(fake):
     assert "payments" not in fake.topics  # never writes to a topic the worker does not read
 
 
+def test_reads_to_the_high_water_mark_when_list_offsets_is_short(fake):
+    """Tansu answers ListOffsets(latest) with the last batch's base offset + 1."""
+    for i in range(10):
+        put_dead_letter(fake, b"x%d" % i, reason="invalid_json", offset=i)
+    fake.end_offsets_short_by = 8
+    report = run()
+    assert (report.read, report.republished) == (10, 10)
+
+
 def test_missing_dead_letter_topic_reads_nothing(fake):
     report = run(dead_letter_topic="nothing-here")
     assert report.read == 0 and report.republished == 0
