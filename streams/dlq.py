@@ -182,9 +182,14 @@ def read_topic(bootstrap: str, topic: str, *, client_kwargs: Mapping[str, Any],
     order per partition. No consumer group: nothing is committed, nothing rebalanced."""
     from kafka import KafkaConsumer, TopicPartition
 
+    # Reading must not create a missing topic (a dry run writes nothing, not even that);
+    # kafka-python before 2.1 has no such option.
+    supported = getattr(KafkaConsumer, "DEFAULT_CONFIG", {"allow_auto_create_topics": True})
+    no_create = ({"allow_auto_create_topics": False}
+                 if "allow_auto_create_topics" in supported else {})
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                              enable_auto_commit=False, auto_offset_reset="earliest",
-                             client_id="streamlearner-dlq", **dict(client_kwargs))
+                             client_id="streamlearner-dlq", **no_create, **dict(client_kwargs))
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:

@@ -105,6 +105,7 @@ def test_dry_run_publishes_nothing(fake):
     assert not fake.records(FB) and marker_topic(DLQ) not in fake.topics
     assert [e.key for e in seen] == [f"{FB}:0:1"]
     assert "would republish 1" in " ".join(report.summary().split())
+    assert all(kw["allow_auto_create_topics"] is False for kw in fake.kwargs_of("KafkaConsumer"))
     assert run().republished == 1  # the dry run marked nothing
 
 
