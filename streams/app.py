@@ -72,6 +72,13 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         # a stop or rebalance must not wait for acks that come with the next checkpoint.
         stream_wait_empty=False,
         producer_acks=-1,
+        # Backpressure: at most this many fetched events wait per source partition; beyond
+        # it the partition is paused and the backlog stays in Kafka (memory stays bounded).
+        stream_buffer_maxsize=settings.stream.buffer_events,
+        # Our Settings are the only configuration: Faust would otherwise read its own names
+        # from the environment (WEB_PORT, BROKER_..., STREAM_BUFFER_MAXSIZE) over these
+        # kwargs, e.g. Kubernetes' service-link variable WEB_PORT=tcp://... for a service "web".
+        env={},
         web_enabled=True,
         web_port=settings.metrics.port,
         web_bind=settings.metrics.host,

@@ -149,12 +149,19 @@ class StreamConfig:
         "predicted but not trained on again (0 disables)."))
     handoff_queue: int = field(default=2, metadata=_help(
         "Micro-batches that may wait for the model thread; agents wait when it is full."))
+    buffer_events: int = field(default=256, metadata=_help(
+        "Fetched events buffered per source partition ahead of the agent (Faust "
+        "`stream_buffer_maxsize`): fetching pauses at 80% and resumes at 40%, so a backlog "
+        "waits in Kafka and worker memory stays bounded (about this × the payload size)."))
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_text_chars", "max_payload_bytes", "dedup_ids",
                      "handoff_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.buffer_events < self.batch_size:
+            raise ValueError(f"buffer_events must be >= batch_size ({self.batch_size}), "
+                             f"got {self.buffer_events}")
         if self.max_wait_s <= 0:
             raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
         if self.dedup_text_window < 0:
