@@ -1,20 +1,32 @@
 """Cache of frozen-encoder features (``mode="head"``).
 
-With a frozen encoder a text's pooled features never change, so replay should not pay
-for encoding the same remembered text again and again. The cache keeps the features of
-the texts in the replay memory (pruned to them after each update) plus *pinned* texts a
-caller asks to keep (the benchmark pins its whole data set once and shares it between
-runs). Features live on the CPU as float32.
+With a frozen encoder a text's pooled features never change, so nothing should pay for
+encoding the same text twice. The cache keeps three kinds of features:
+
+* **memory**: the texts in the replay memory (pruned to them after each update), so replay
+  never re-encodes a remembered text;
+* **recent**: the last ``recent_capacity`` texts encoded for a prediction (``store=False``).
+  In the stream every event is predicted before it is learned (prequential), and the drift
+  detectors embed the same batch: with the recent features, one encoder pass per event
+  serves the prediction, the drift test and the update. Bounded, least recently used first;
+  a recent hit that is learned moves to the memory kind;
+* **pinned**: texts a caller asks to keep for good (the benchmark pins its whole data set
+  once and shares it between runs).
+
+Features live on the CPU as float32.
 
 >>> cache = FeatureCache(lambda texts: torch.ones(len(texts), 2))
 >>> cache.get(["a", "b", "a"]).shape
 torch.Size([3, 2])
 >>> cache.prune(keep={"a"}); len(cache)
 1
+>>> _ = cache.get(["c"], store=False); len(cache), cache.recent_size
+(1, 1)
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -23,28 +35,60 @@ __all__ = ["FeatureCache"]
 
 
 class FeatureCache:
-    def __init__(self, encode: Callable[[list[str]], torch.Tensor]) -> None:
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor], recent_capacity: int = 4096) -> None:
+        if recent_capacity < 0:
+            raise ValueError(f"recent_capacity must be >= 0, got {recent_capacity}")
         self.encode = encode  # texts -> (B, H) CPU float32
+        self.recent_capacity = recent_capacity
         self._reset()
 
     def _reset(self) -> None:
         self._cached: dict[str, torch.Tensor] = {}
         self._pinned: dict[str, torch.Tensor] = {}
+        self._recent: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._cached)
 
+    @property
+    def recent_size(self) -> int:
+        return len(self._recent)
+
     def _lookup(self, text: str) -> torch.Tensor | None:
         found = self._pinned.get(text)
-        return found if found is not None else self._cached.get(text)
+        if found is None:
+            found = self._cached.get(text)
+        if found is None:
+            found = self._recent.get(text)
+        return found
 
     def get(self, texts: Sequence[str], *, store: bool = True) -> torch.Tensor:
-        """(B, H) features of ``texts``; misses are encoded (and kept when ``store``)."""
-        missing = [t for t in dict.fromkeys(texts) if self._lookup(t) is None]
-        fresh = dict(zip(missing, self.encode(missing))) if missing else {}
+        """(B, H) features of ``texts``; misses are encoded.
+
+        ``store=True`` (learning) keeps the features of every text with the memory kind;
+        ``store=False`` (predicting, embedding for drift) keeps the misses as recent only.
+        """
+        found: dict[str, torch.Tensor] = {}
+        missing: list[str] = []
+        for t in dict.fromkeys(texts):
+            f = self._lookup(t)
+            if f is None:
+                missing.append(t)
+            else:
+                found[t] = f
+        if missing:
+            found.update(zip(missing, self.encode(missing)))  # (M, H) -> M rows
         if store:
-            self._cached.update(fresh)
-        return torch.stack([fresh[t] if t in fresh else self._lookup(t) for t in texts])
+            for t, f in found.items():
+                if t not in self._pinned:
+                    self._cached[t] = f
+        elif missing and self.recent_capacity:
+            recent = self._recent
+            for t in missing:
+                recent[t] = found[t]
+            while len(recent) > self.recent_capacity:
+                recent.popitem(last=False)
+        return torch.stack([found[t] for t in texts])
 
     def pin(self, texts: Sequence[str], features: torch.Tensor | None = None) -> None:
         """Keep features of ``texts`` for good (given, or encoded now when None)."""
@@ -61,8 +105,12 @@ class FeatureCache:
         return dict(self._pinned)
 
     def prune(self, keep: Iterable[str]) -> None:
-        keep = set(keep)
-        self._cached = {t: f for t, f in self._cached.items() if t in keep}
+        """Drop memory-kind features of texts not in ``keep`` (recent and pinned stay)."""
+        keep = keep if isinstance(keep, (set, frozenset)) else set(keep)
+        cached = self._cached
+        if len(cached) > len(keep) or any(t not in keep for t in cached):
+            self._cached = {t: f for t, f in cached.items() if t in keep}
 
     def clear(self) -> None:
         self._cached = {}
+        self._recent.clear()

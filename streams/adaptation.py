@@ -124,9 +124,7 @@ class DriftWatch:
         first = state.events
         state.events += len(texts)
         self._maybe_reencode(state)
-        self.learner.model.eval()
-        with torch.inference_mode():
-            emb = self.learner.model.encode(texts).float().cpu().numpy()   # (B, H)
+        emb = self._embed(texts)                                            # (B, H)
         for text in texts:   # mirror of the detector's windows, for re-encoding
             if len(state.ref_texts) < state.data.reference:
                 state.ref_texts.append(text)
@@ -194,7 +192,22 @@ class DriftWatch:
         state.encoded_at = self.learner.model_version
         log.info("re-encoded drift windows in %.1fs", time.perf_counter() - started)
 
+    def _embed(self, texts: list[str]):
+        """(B, H) float32 numpy embeddings of one batch with the live encoder.
+
+        A frozen encoder (``mode="head"``) reads the learner's feature cache: the batch was
+        just predicted, so its features are there and the encoder does not run again."""
+        import torch
+
+        if self.learner.config.frozen:
+            return self.learner.features.get(texts, store=False).numpy()
+        self.learner.model.eval()
+        with torch.inference_mode():
+            return self.learner.model.encode(texts).float().cpu().numpy()
+
     def _encode(self, texts: list[str]):
+        if self.learner.config.frozen:   # same encoder, same features: the cache has most
+            return self.learner.features.get(texts, store=False).numpy()
         chunks = [self.learner.model.encode(texts[i:i + 128]).float().cpu().numpy()
                   for i in range(0, len(texts), 128)]
         import numpy as np

@@ -9,7 +9,6 @@ The patterns are deliberately conservative about numbers: amounts, years,
 dates and percentages in financial news must survive untouched.
 """
 
-import dataclasses
 import html
 import re
 import unicodedata
@@ -109,12 +108,21 @@ def _strip_html(text: str) -> str:
     return text
 
 
+# Cheap C-level scans that rule a pattern out before its (much slower) substitution runs:
+# most texts have no URL and no digit at all.
+_URL_HINT = re.compile(r"://|www\.", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+
+
 def _mask_pii(text: str) -> str:
     if "@" in text:
         text = _EMAIL.sub(EMAIL, text)
-    text = _URL.sub(URL, text)
-    text = _CARD.sub(_mask_card, text)
-    return _PHONE.sub(_mask_phone, text)
+    if _URL_HINT.search(text):
+        text = _URL.sub(URL, text)
+    if _DIGIT.search(text):
+        text = _CARD.sub(_mask_card, text)
+        text = _PHONE.sub(_mask_phone, text)
+    return text
 
 
 def clean_text(text: str) -> str:
@@ -142,4 +150,7 @@ def clean_event(event: Event) -> Event:
     text = clean_text(event.text)
     if not text:
         raise RejectedEvent(Reason.empty_after_cleaning, "field 'text' is empty after cleaning")
-    return dataclasses.replace(event, text=text)
+    # Field by field rather than dataclasses.replace (a third of this function's cost per
+    # event); tests/streams/test_cleaning_fast_paths.py checks that no field is left behind.
+    return Event(id=event.id, task=event.task, text=text, ts=event.ts, label=event.label,
+                 fields=event.fields)

@@ -1,0 +1,135 @@
+"""Serving benchmark: single-event predict latency p50/p99 and batch throughput.
+
+A head-mode learner (the worker's default) first learns a few BANKING77 micro-batches, then
+:class:`~learner.serving.ServingModel` answers texts it has never seen (the BANKING77 test
+split, so no feature-cache hit flatters it):
+
+* ``single``: ``predict_many(task, [text])`` one text at a time (what a stream prediction or
+  a one-text ``/predict`` costs on the model thread);
+* ``single_proba``: ``predict_proba`` of one text (the full distribution ``/predict`` returns);
+* ``single_under_training``: one-text predictions sent through the worker's
+  :class:`~streams.handoff.ModelThread` every 50 ms while it also runs the stream's jobs
+  (predict a micro-batch of 32, learn it) — the latency an API client sees on a busy worker;
+* ``batch``: texts/s of ``predict_many`` over batches of 32 and 256.
+
+    python -m bench.perf.serving --singles 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import time
+
+from bench.perf.common import ROOT, banking77, machine, summary
+
+TASK = "feedback"
+
+
+def _unseen(limit: int) -> list[str]:
+    with open(ROOT / "data" / "banking77" / "test.csv", newline="") as f:
+        return [r["text"] for r in csv.DictReader(f)][:limit]
+
+
+def _timed(fn, items) -> list[float]:
+    out = []
+    for item in items:
+        t = time.perf_counter()
+        fn(item)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+async def _under_training(serving, learner, texts, train_texts, train_labels, *, n: int,
+                          batch: int) -> list[float]:
+    from streams.handoff import ModelThread
+
+    latencies: list[float] = []
+    with ModelThread(queue_size=2) as model:
+        stop = asyncio.Event()
+
+        async def stream():
+            i = 0
+            while not stop.is_set():
+                bx = train_texts[i:i + batch] or train_texts[:batch]
+                by = train_labels[i:i + batch] or train_labels[:batch]
+                await model.run(serving.predict_many, TASK, bx)
+                await model.run(learner.learn_many, TASK, bx, by)
+                i = (i + batch) % max(1, len(train_texts) - batch)
+
+        trainer = asyncio.create_task(stream())
+        for text in texts[:n]:
+            t = time.perf_counter()
+            await model.run(serving.predict_many, TASK, [text])
+            latencies.append(time.perf_counter() - t)
+            await asyncio.sleep(0.05)
+        stop.set()
+        await trainer
+    return latencies
+
+
+def run(args: argparse.Namespace) -> dict:
+    from learner import Learner, LearnerConfig
+    from learner.serving import ServingModel
+
+    learner = Learner(LearnerConfig(model=args.model, device=args.device, mode=args.mode))
+    train_texts, train_labels = banking77(limit=args.train_batches * 16 + 32 * args.under_training,
+                                          seed=args.seed)
+    for i in range(args.train_batches):
+        learner.learn_many(TASK, train_texts[16 * i:16 * i + 16], train_labels[16 * i:16 * i + 16])
+    serving = ServingModel(learner)
+    need = 2 * args.singles + args.under_training + 2 * args.batch_texts + 8
+    unseen = _unseen(need)
+    warm, unseen = unseen[:8], unseen[8:]
+    for text in warm:
+        serving.predict_many(TASK, [text])
+    singles, unseen = unseen[:args.singles], unseen[args.singles:]
+    probas, unseen = unseen[:args.singles], unseen[args.singles:]
+    result = {
+        "mode": args.mode,
+        "labels": len(learner.labels(TASK)),
+        "single": summary(_timed(lambda t: serving.predict_many(TASK, [t]), singles)),
+        "single_proba": summary(_timed(lambda t: serving.predict_proba(TASK, [t]), probas)),
+    }
+    batch = {}
+    for size in (32, 256):
+        texts, unseen = unseen[:args.batch_texts], unseen[args.batch_texts:]
+        chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+        seconds = sum(_timed(lambda c: serving.predict_many(TASK, c), chunks))
+        batch[str(size)] = {"texts": len(texts), "texts_per_second": len(texts) / seconds}
+    result["batch"] = batch
+    if args.under_training:
+        rest = train_texts[args.train_batches * 16:], train_labels[args.train_batches * 16:]
+        lat = asyncio.run(_under_training(serving, learner, unseen, *rest, n=args.under_training,
+                                          batch=32))
+        result["single_under_training"] = summary(lat)
+    result["single_p50_seconds"] = result["single"]["p50"]
+    result["single_p99_seconds"] = result["single"]["p99"]
+    result["batch_texts_per_second"] = batch["256"]["texts_per_second"]
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--singles", type=int, default=200, help="one-text predictions timed")
+    p.add_argument("--batch-texts", type=int, default=512, help="texts per batch-size measurement")
+    p.add_argument("--under-training", type=int, default=60,
+                   help="one-text predictions timed while the model thread trains (0: skip)")
+    p.add_argument("--train-batches", type=int, default=10, help="micro-batches learned first")
+    p.add_argument("--mode", default="head", choices=["head", "lora", "full"])
+    p.add_argument("--model", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.perf.serving", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    print(json.dumps({"serving": run(p.parse_args(argv)), "machine": machine()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
