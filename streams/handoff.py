@@ -25,6 +25,14 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 
+def _no_stop_iteration(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    # asyncio cannot set a StopIteration on a future: the awaiting coroutine would hang.
+    try:
+        return fn(*args, **kwargs)
+    except StopIteration as e:
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)!r} raised StopIteration") from e
+
+
 class ModelThread:
     def __init__(self, queue_size: int = 2, name: str = "streamlearner-model"):
         if queue_size < 1:
@@ -59,7 +67,7 @@ class ModelThread:
         finally:
             self._waiting -= 1
         try:
-            future = self._executor.submit(fn, *args, **kwargs)
+            future = self._executor.submit(_no_stop_iteration, fn, *args, **kwargs)
             return await asyncio.wrap_future(future)
         finally:
             sem.release()
