@@ -451,6 +451,9 @@ class Pipeline:
         to_version = await self.model.run(self._rollback_job, path)
         self.metrics.rollbacks.labels(reason=reason).inc()
         self._refresh_learner_gauges()
+        accuracy = await self.model.run(self.probes.evaluate, self.learner)
+        for probe_task, acc in accuracy.items():   # what is served now
+            self.metrics.probe_accuracy.labels(task=probe_task).set(acc)
         self._dirty = True
         await self._checkpoint()
         event = ModelEvent(kind="rollback", reason=reason, from_version=from_version,
