@@ -62,7 +62,8 @@ def test_alerts_cover_the_issue_list():
     rules = yaml.safe_load((MON / "alerts.yml").read_text())["groups"][0]["rules"]
     names = {r["alert"] for r in rules}
     for wanted in ("DriftDetected", "PrequentialAccuracyDrop", "NoModelUpdate",
-                   "DeadLetterRate", "ConsumerLag"):
+                   "DeadLetterRate", "ConsumerLag", "ModelRolledBack", "SkippedUpdates",
+                   "CheckpointFailing"):
         assert f"Streamlearner{wanted}" in names
 
 
