@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-unit test-integration demo clean
+.PHONY: install test test-unit test-integration demo clean bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test-integration: install
 ## Embedded broker + worker + bundled sample stream, ends with a summary.
 demo: install
 	$(BIN)/streamlearner demo
+
+## Performance benchmarks (issue #6): ingest, learner, freshness, serving -> bench/results/perf/.
+## One at a time, about 15 minutes on 2 cores; `bash bench/gpu.sh` is the CUDA one.
+bench: install
+	$(BIN)/python -m bench.perf.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -155,7 +155,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
-BENCHMARKS = ("continual", "drift", "explain", "distill")
+BENCHMARKS = ("continual", "drift", "explain", "distill", "perf")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
