@@ -68,11 +68,12 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(broker, worker_env, st
         damage(directory / checkpoints[0].name)
         restarted = start_worker(CHECKPOINT_DIR=str(directory), **overrides)
         served = _healthz_version(restarted)
-        metric = counters(restarted.metrics_url)["version"]
+        c = counters(restarted.metrics_url)
+        metric = c["version"]
         log = restarted.log_tail(400)
         assert restarted.stop() == 0, restarted.log_tail()
         print(f"{case}: newest checkpoint v{newest} damaged -> started from v{served} "
-              f"(previous v{previous})")
+              f"(previous v{previous}); replay memory {c['memory']:.0f} of {len(events)} events")
         assert served == previous == metric, (case, served, metric, previous)
         warning = re.search(rf"WARNING.*skipping checkpoint \S*{checkpoints[0].name}.*", log)
         assert warning, f"{case}: no warning about the damaged checkpoint:\n{log}"

@@ -106,16 +106,16 @@ class Sampler:
         return max((r[2] or 0) for r in self.rows)
 
 
-@pytest.mark.parametrize("n_events, pad_bytes, rate", [
+@pytest.mark.parametrize("n_events, pad_bytes", [
     # 1,000 events as fast as the producer goes (thousands/s, >100x the learner): 25-50 s of
     # backlog.
-    (1000, 0, None),
+    (1000, 0),
     # 6,000 events of ~8 KB (50 MB), about three minutes of learning: the backlog is far more
     # than the worker buffers, so memory shows whether the buffers are bounded.
-    pytest.param(6000, 8192, None, marks=pytest.mark.slow),
+    pytest.param(6000, 8192, marks=pytest.mark.slow),
 ])
 def test_overload_bounded_memory_nothing_dropped(broker, worker_env, start_worker, tmp_path,
-                                                 n_events, pad_bytes, rate):
+                                                 n_events, pad_bytes):
     env = worker_env
     topic = env["KAFKA_FEEDBACK_TOPIC"]
     warmup = unique_banking_events(n_events + WARMUP, pad_bytes=pad_bytes)
@@ -139,7 +139,7 @@ def test_overload_bounded_memory_nothing_dropped(broker, worker_env, start_worke
         payloads = [json.dumps(e).encode() for e in events]
         with Sampler(worker.proc.pid, worker.metrics_url, topic) as sampler:
             t_pub = time.monotonic()
-            assert publish(broker.bootstrap, topic, payloads, producer=producer, rate=rate,
+            assert publish(broker.bootstrap, topic, payloads, producer=producer,
                            progress=False) == n_events
             publish_s = time.monotonic() - t_pub
             wait_until(lambda: counters(worker.metrics_url)["new_samples"]
