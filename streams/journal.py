@@ -5,7 +5,10 @@ appended on the model thread right after the update (so its order is the model's
 and made durable (fsync) before every checkpoint. On start and on rollback the journal is
 cut back to the restored version: lines of updates that no checkpoint kept (lost in a
 crash, or discarded by a rollback) go, so the file always describes the model that runs.
-A line torn by a crash is ignored and removed at the next cut.
+A line torn by a crash is ignored and removed at the next cut; the lines cut go to
+``journal-discarded.jsonl`` (with the version restored), so an operator can tell which
+events left the model's history (a crash's are redelivered and trained again; a rollback's
+or a damaged checkpoint's fallback's are not).
 
 >>> import tempfile, os
 >>> j = UpdateJournal(os.path.join(tempfile.mkdtemp(), "journal.jsonl"))
@@ -36,6 +39,7 @@ class UpdateJournal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.discarded_path = self.path.with_name(self.path.stem + "-discarded.jsonl")
         self._file = None
 
     def _open(self):
@@ -75,7 +79,14 @@ class UpdateJournal:
         self.close()
         if not self.path.exists():
             return 0
-        kept = [e for e in self.entries() if e["version"] <= version]
+        entries = list(self.entries())
+        kept = [e for e in entries if e["version"] <= version]
+        dropped = [e for e in entries if e["version"] > version]
+        if dropped:   # which events left the model's history, and when (for operators)
+            with open(self.discarded_path, "a", encoding="utf-8") as f:
+                for e in dropped:
+                    f.write(json.dumps({**e, "discarded_at": round(time.time(), 3),
+                                        "restored_version": version}, ensure_ascii=False) + "\n")
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             for e in kept:
