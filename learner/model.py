@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GrowingHead", "TextClassifier", "default_model_path", "resolve_device"]
+__all__ = ["CPU_SUB_BATCH", "GrowingHead", "TextClassifier", "default_model_path", "resolve_device"]
+
+CPU_SUB_BATCH = 8  # texts per forward pass of CPU inference (see TextClassifier.encode)
 
 
 def default_model_path() -> str:
@@ -184,8 +186,28 @@ class TextClassifier(nn.Module):
         return summed / counts
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """Texts -> pooled features (B, H)."""
-        return self.features(self.tokenize(texts))
+        """Texts -> pooled features (B, H).
+
+        Inference on a CPU runs sorted sub-batches of :data:`CPU_SUB_BATCH` texts of similar
+        length: a micro-batch padded to its longest text spends most of its FLOPs on padding
+        (BANKING77: mean 15 tokens, longest of 32 texts ~40), and small batches stay in cache.
+        Measured 2x faster on 32 texts (bench/NOTES.md); features agree to ~1e-6. With grad, or
+        on an accelerator (where a wide batch is what is fast), one padded batch as before.
+        """
+        texts = list(texts)
+        if len(texts) <= CPU_SUB_BATCH or torch.is_grad_enabled() or self.device.type != "cpu":
+            return self.features(self.tokenize(texts))
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)  # unpadded lists
+        order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
+        rows: list[torch.Tensor | None] = [None] * len(texts)
+        for start in range(0, len(order), CPU_SUB_BATCH):
+            chunk = order[start:start + CPU_SUB_BATCH]
+            batch = self.tokenizer.pad({k: [enc[k][i] for i in chunk] for k in enc.keys()},
+                                       return_tensors="pt")                     # (b, T_chunk)
+            feats = self.features({k: v.to(self.device) for k, v in batch.items()})  # (b, H)
+            for i, row in zip(chunk, feats):
+                rows[i] = row
+        return torch.stack(rows)                                                # (B, H)
 
     def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, H) word embeddings (before positions and LayerNorm)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import platform
 import random
@@ -43,7 +44,7 @@ def percentile(values, q: float) -> float:
     xs = sorted(values)
     if not xs:
         return float("nan")
-    k = max(0, min(len(xs) - 1, int(round(q / 100 * len(xs) + 0.5)) - 1))
+    k = max(0, min(len(xs) - 1, math.ceil(q / 100 * len(xs)) - 1))
     return float(xs[k])
 
 

@@ -42,9 +42,9 @@ SIZES = {
         "serving": ["--singles", "300", "--batch-texts", "512", "--under-training", "60"],
     },
     "tiny": {
-        "ingest": ["--events", "300", "--rounds", "1", "--timeout", "120"],
+        "ingest": ["--events", "300", "--rounds", "1", "--timeout", "300"],
         "learner": ["--batches", "2", "--warmup", "1", "--batch-size", "4"],
-        "freshness": ["--backlog", "16", "--seconds", "2", "--timeout", "240"],
+        "freshness": ["--backlog", "16", "--seconds", "2", "--timeout", "480"],
         "serving": ["--singles", "5", "--batch-texts", "8", "--under-training", "3",
                     "--train-batches", "2"],
     },
