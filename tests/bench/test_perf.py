@@ -111,3 +111,13 @@ def test_runner_tiny_ingest_and_freshness(tiny_model_dir, tmp_path):
         assert perf_run.get(r, key) is not None, key
     assert set(r["ingest"]["consumers"]) >= {"bare_aiokafka", "bare_faust", "ingest"}
     assert (tmp_path / "results.md").stat().st_size > 0
+
+
+def test_levers_run(tiny_model_dir, tmp_path):
+    from bench.perf import levers
+
+    out = tmp_path / "levers.json"
+    assert levers.main(["--rounds", "1", "--model", tiny_model_dir, "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["levers"]
+    assert set(r) >= {"shared_encode", "sorted_sub_batches", "cleaning_hints", "tokenize_share"}
+    assert all(r[k]["speedup"] > 0 for k in ("shared_encode", "sorted_sub_batches", "cleaning_hints"))
