@@ -222,26 +222,37 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("OMP_WAIT_POLICY", None)
     started = time.perf_counter()
     results: dict = {"machine": machine(), "omp_wait_policy": args.omp_wait_policy, "sizes": args.sizes}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = []
     for name in names:
         extra = list(SIZES[args.sizes][name])
         if args.model and name != "ingest":
             extra += ["--model", args.model]
-        results[name] = _child(name, extra, env, args.timeout)
+        try:
+            results[name] = _child(name, extra, env, args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+            print(f"[perf] {name} failed: {exc}", file=sys.stderr, flush=True)
+            results.setdefault("failed", {})[name] = str(exc)[-2000:]
+            failed.append(name)
+        (out / "partial.json").write_text(json.dumps(results, indent=2) + "\n")
     if "serving" in names and not args.no_omp_comparison and args.omp_wait_policy != "default":
         plain = {k: v for k, v in env.items() if k != "OMP_WAIT_POLICY"}
         extra = list(SIZES[args.sizes]["serving"]) + ["--under-training", "0"]
         if args.model:
             extra += ["--model", args.model]
-        results["serving_omp_default"] = _child("serving", extra, plain, args.timeout)
+        try:
+            results["serving_omp_default"] = _child("serving", extra, plain, args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+            results.setdefault("failed", {})["serving_omp_default"] = str(exc)[-2000:]
     results["wall_seconds"] = time.perf_counter() - started
     results["targets"] = evaluate(results)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "partial.json").unlink(missing_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))
     plots(results, out)
     print(markdown(results))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
