@@ -205,6 +205,8 @@ class Metrics:
             child.labels(task=task)
         for kind in ("new", "replay"):
             self.trained_samples.labels(task=task, kind=kind)
+        for reason in ("nonfinite_loss", "nonfinite_grad", "grad_norm"):
+            self.skipped_updates.labels(task=task, reason=reason)
         for kind, detector in self._drift_detectors:
             self.drift_detections.labels(task=task, kind=kind, detector=detector)
             self.drift_statistic.labels(task=task, kind=kind)

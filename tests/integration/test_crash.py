@@ -95,8 +95,8 @@ def run_crashes(broker, worker_env, start_worker, kills: int, rounds: int, seed:
 
 
 def test_sigkill_at_random_points_trains_each_event_exactly_once(broker, worker_env, start_worker):
-    survived, updates = run_crashes(broker, worker_env, start_worker, kills=5, rounds=1, seed=5)
-    assert len(survived) == 5 and updates >= 25
+    survived, updates = run_crashes(broker, worker_env, start_worker, kills=5, rounds=2, seed=5)
+    assert len(survived) == 5 and updates >= 50
 
 
 @pytest.mark.slow

@@ -146,7 +146,8 @@ async def test_crash_redelivery_trains_every_event_exactly_once(make_pipeline):
 
 async def test_guard_rolls_back_to_the_champion(make_pipeline, monkeypatch):
     pipe, reg = make_pipeline(every=1, guard=True, METRICS_PROBE_EVERY_UPDATES="1")
-    scores = iter([0.9, 0.9, 0.5, 0.9])
+    import itertools
+    scores = itertools.chain([0.9, 0.9, 0.5], itertools.repeat(0.9))
     monkeypatch.setattr(pipe.probes, "evaluate", lambda learner: {"feedback": next(scores)})
     monkeypatch.setattr(pipe.probes, "sizes", lambda: {"feedback": 30})
     await pipe.handle("feedback", labeled(["a"]))     # v1 promoted
