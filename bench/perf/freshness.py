@@ -168,7 +168,11 @@ def run(args: argparse.Namespace) -> dict:
         first, last = done_times[0], done_times[-1]
         first_batch = sum(1 for t, _ in steady if round(t, 6) == first)
         capacity = (len(steady) - first_batch) / (last - first) if last > first else float("nan")
+        # A tiny model drains a tiny backlog in one or two batches: no meaningful capacity,
+        # and "80%" of an instant would publish without end. --max-rate bounds the load.
         rate = args.load * capacity
+        if not rate == rate or rate > args.max_rate:
+            rate = args.max_rate
         n = max(1, int(rate * args.seconds))
         load_start = time.time()
         publish(bootstrap, source, _payloads(texts, labels, args.backlog, n), rate=rate, progress=False)
@@ -190,6 +194,7 @@ def run(args: argparse.Namespace) -> dict:
         "backlog": args.backlog, "capacity_events_per_second": capacity,
         "capacity_measured_after_events": min(args.warm_events, backlog_trained // 2),
         "load_fraction": args.load, "offered_events_per_second": rate,
+        "rate_capped": rate == args.max_rate,
         "achieved_publish_events_per_second": n / publish_seconds,
         "load_seconds": args.seconds, "events": n, "timed_events": stats["n"],
         "p50_seconds": stats["p50"], "p95_seconds": stats["p95"], "p99_seconds": stats["p99"],
@@ -204,6 +209,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="backlog events before the capacity clock starts (drift windows filling)")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the paced phase")
     p.add_argument("--load", type=float, default=0.8, help="paced rate as a fraction of capacity")
+    p.add_argument("--max-rate", type=float, default=5000.0,
+                   help="cap on the paced rate, events/s (also used when no capacity could be measured)")
     p.add_argument("--setting", action="append", default=[], metavar="ENV=VALUE",
                    help="worker setting override (repeatable), e.g. STREAM_MAX_WAIT_S=0.5")
     p.add_argument("--model", default=None, help="encoder directory (default: bundled MiniLM)")

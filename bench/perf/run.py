@@ -44,7 +44,8 @@ SIZES = {
     "tiny": {
         "ingest": ["--events", "300", "--rounds", "1", "--timeout", "300"],
         "learner": ["--batches", "2", "--warmup", "1", "--batch-size", "4"],
-        "freshness": ["--backlog", "16", "--warm-events", "4", "--seconds", "2", "--timeout", "480"],
+        "freshness": ["--backlog", "16", "--warm-events", "4", "--seconds", "2", "--max-rate", "20",
+                      "--timeout", "480"],
         "serving": ["--singles", "5", "--batch-texts", "8", "--under-training", "3",
                     "--train-batches", "2"],
     },
