@@ -9,6 +9,7 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
     METRICS_HOST=0.0.0.0 \
+    OMP_WAIT_POLICY=PASSIVE \
     CHECKPOINT_DIR=/var/lib/streamlearner/checkpoints
 
 WORKDIR /app

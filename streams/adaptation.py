@@ -180,6 +180,9 @@ class DriftWatch:
     def _maybe_reencode(self, state: TaskDrift) -> None:
         if self.learner.model_version - state.encoded_at < self.config.reencode_updates:
             return
+        if self.learner.config.frozen:   # a frozen encoder gives the same embeddings again
+            state.encoded_at = self.learner.model_version
+            return
         import torch
 
         started = time.perf_counter()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import sys
+
+# Before torch is imported: OpenMP threads that finish a kernel sleep instead of spinning. On
+# shared or busy cores spinning threads steal the CPU from the event loop and from each
+# other (bench/NOTES.md: head-mode updates 4x faster at load 6; no difference when idle).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
 
 from streams.settings import Settings, SettingsError, setting_specs
 

@@ -88,6 +88,10 @@ def test_head_mode_caches_memory_features_only(tiny_learner):
     learner.learn_many("intents", TEXTS[:3], LABELS[:3])
     learner.learn_many("intents", TEXTS[3:], LABELS[3:])
     assert calls == [TEXTS[:3], TEXTS[3:]]  # replayed texts were not encoded again
+    # Pruned to the memory once more than _PRUNE_SLACK features beyond it are cached.
+    from learner import learner as learner_module
+    assert len(learner.features) <= 3 + learner_module._PRUNE_SLACK
+    learner.features.prune(item.text for item in learner.replay.items())
     assert len(learner.features) <= 3
     assert {item.text for item in learner.replay.items()} >= set(learner.features._cached)
 
