@@ -86,6 +86,20 @@ def trainable_encoder_state(encoder: nn.Module, mode: str) -> dict[str, torch.Te
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run the block with ``n`` intra-op threads (the learner's thread is torch's only user)."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _check_task(task: str) -> None:
     if not isinstance(task, str) or not task:
         raise ValueError(f"task must be a non-empty str, got {task!r}")
@@ -230,6 +244,15 @@ class Learner:
         applied at all, the samples are not memorised and the version stays (the new
         labels, if any, keep their freshly grown, zero rows). Inputs are not mutated.
         """
+        if self.config.frozen and self.device.type == "cpu":
+            # Head-mode updates are a few tiny matmuls: OpenMP wake-ups across threads cost
+            # more than the work (bench/NOTES.md: 4-6 ms -> 1.6 ms per update with
+            # OMP_WAIT_POLICY=PASSIVE, equal otherwise). Prediction keeps every thread.
+            with _torch_threads(1):
+                return self._learn_many(task, texts, labels)
+        return self._learn_many(task, texts, labels)
+
+    def _learn_many(self, task: str, texts: Sequence[str], labels: Sequence[str]) -> UpdateStats:
         started = time.perf_counter()
         _check_task(task)
         texts = _check_texts("texts", texts)
