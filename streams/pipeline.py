@@ -19,6 +19,7 @@ journal (streams/journal.py) records the event ids of every update of the model'
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -237,6 +238,7 @@ class Pipeline:
         received_at = time.time()
         accepted: list[tuple[RawEvent, Event]] = []
         cfg = self.settings.stream
+        outcomes: collections.Counter = collections.Counter()
         for raw in batch:
             try:
                 event = clean_event(decode_event(
@@ -254,11 +256,13 @@ class Pipeline:
                 report.invalid += 1
                 continue
             if self.dedup.seen_id(task, event.id):
-                self.metrics.events.labels(topic=raw.topic, outcome="duplicate").inc()
+                outcomes[(raw.topic, "duplicate")] += 1
                 report.duplicate += 1
                 continue
-            self.metrics.events.labels(topic=raw.topic, outcome="accepted").inc()
+            outcomes[(raw.topic, "accepted")] += 1
             accepted.append((raw, event))
+        for (topic, outcome), n in outcomes.items():   # one counter update per batch, not per event
+            self.metrics.events.labels(topic=topic, outcome=outcome).inc(n)
         report.accepted = len(accepted)
 
         if accepted:

@@ -178,6 +178,7 @@ def _run_faust(args, meter: Meter) -> None:
             def stage(batch):
                 received_at = time.time()
                 accepted = []
+                duplicates = 0
                 for raw in batch:
                     try:
                         event = clean_event(decode_event(
@@ -188,10 +189,12 @@ def _run_faust(args, meter: Meter) -> None:
                         metrics.dead_letters.labels(topic=raw.topic, reason=rejected.reason.value).inc()
                         continue
                     if dedup.seen_id(task, event.id):
-                        metrics.events.labels(topic=raw.topic, outcome="duplicate").inc()
+                        duplicates += 1
                         continue
-                    metrics.events.labels(topic=raw.topic, outcome="accepted").inc()
                     accepted.append((raw, event))
+                # As Pipeline.handle: one counter update per batch and outcome.
+                metrics.events.labels(topic=args.topic, outcome="duplicate").inc(duplicates)
+                metrics.events.labels(topic=args.topic, outcome="accepted").inc(len(accepted))
                 return accepted
 
             async def handle(batch):
