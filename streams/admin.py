@@ -17,7 +17,31 @@ from pathlib import Path
 
 from streams.settings import Settings
 
-FOLDERS = ("", "champion", "pre-drift", "discarded")
+# Where a kept version can be: kind -> folder under CHECKPOINT_DIR ("" is the folder itself).
+FOLDERS = (("checkpoint", ""), ("champion", "champion"), ("pre-drift", "pre-drift"),
+           ("discarded", "discarded"))
+
+
+def _managers(base: str | Path):
+    from learner.checkpoints import CheckpointManager
+
+    base = Path(base)
+    return [(kind, CheckpointManager(base / folder if folder else base)) for kind, folder in FOLDERS]
+
+
+def kept_versions(base: str | Path) -> list[dict]:
+    """Every version a rollback can go to under ``base`` (CHECKPOINT_DIR), newest first."""
+    out = [{"version": manager.version_of(path), "kind": kind, "path": str(path)}
+           for kind, manager in _managers(base) for path in manager.list()]
+    return sorted(out, key=lambda v: -v["version"])
+
+
+def find_kept(base: str | Path, version: int) -> Path | None:
+    """The checkpoint of ``version`` in the first of FOLDERS that keeps it."""
+    for _, manager in _managers(base):
+        if (path := manager.find(version)) is not None:
+            return path
+    return None
 
 
 def admin_request(url: str, path: str, token: str | None, body: dict | None = None,
@@ -40,16 +64,7 @@ def admin_request(url: str, path: str, token: str | None, body: dict | None = No
 
 
 def local_versions(settings: Settings) -> list[dict]:
-    from learner.checkpoints import CheckpointManager
-
-    base = Path(settings.checkpoint.dir)
-    out = []
-    for folder in FOLDERS:
-        manager = CheckpointManager(base / folder if folder else base)
-        for path in manager.list():
-            out.append({"version": manager.version_of(path), "kind": folder or "checkpoint",
-                        "path": str(path)})
-    return sorted(out, key=lambda v: -v["version"])
+    return kept_versions(settings.checkpoint.dir)
 
 
 def rollback_offline(settings: Settings, version: int) -> Path:
@@ -59,12 +74,7 @@ def rollback_offline(settings: Settings, version: int) -> Path:
 
     base = Path(settings.checkpoint.dir)
     main = CheckpointManager(base, keep_last=settings.checkpoint.keep_last)
-    source = None
-    for folder in FOLDERS:
-        found = CheckpointManager(base / folder if folder else base).find(version)
-        if found is not None:
-            source = found
-            break
+    source = find_kept(base, version)
     if source is None:
         raise LookupError(f"no kept checkpoint of version {version} under {base}")
     newest = main.latest()

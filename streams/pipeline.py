@@ -404,37 +404,18 @@ class Pipeline:
 
     def find_checkpoint(self, version: int | None):
         """Where a version can be rolled back from: the newest champion when ``version`` is
-        None, else the first of the checkpoint, champion, pre-drift and discarded folders
-        that holds it."""
-        from learner.checkpoints import CheckpointManager
+        None, else the first kept folder that holds it (streams/admin.py FOLDERS)."""
+        from streams.admin import find_kept
 
         if version is None:
             return self.champion.latest() if self.champion is not None else None
-        base = self.checkpoints.directory
-        folders = [self.checkpoints, self.champion] + [
-            CheckpointManager(base / name) for name in ("pre-drift", "discarded")]
-        for manager in folders:
-            if manager is not None and (path := manager.find(version)) is not None:
-                return path
-        return None
+        return find_kept(self.checkpoints.directory, version)
 
     def versions(self) -> list[dict]:
         """Every version a rollback can go to, newest first."""
-        from learner.checkpoints import CheckpointManager
+        from streams.admin import kept_versions
 
-        if self.checkpoints is None:
-            return []
-        base = self.checkpoints.directory
-        out = []
-        for kind, manager in (("checkpoint", self.checkpoints), ("champion", self.champion),
-                              ("pre-drift", CheckpointManager(base / "pre-drift")),
-                              ("discarded", CheckpointManager(base / "discarded"))):
-            if manager is None:
-                continue
-            for path in manager.list():
-                out.append({"version": manager.version_of(path), "kind": kind,
-                            "path": str(path)})
-        return sorted(out, key=lambda v: -v["version"])
+        return kept_versions(self.checkpoints.directory) if self.checkpoints is not None else []
 
     async def rollback_to(self, version: int | None, reason: str = "manual") -> dict:
         """Serve ``version`` (the champion when None) again; see :meth:`_rollback`."""
