@@ -19,17 +19,7 @@ from streams.pipeline import Pipeline, RawEvent
 from streams.records import Reason
 from streams.settings import Settings
 
-
-class Sink:
-    def __init__(self):
-        self.records = []
-
-    async def __call__(self, key, record):
-        self.records.append((key, record))
-
-        async def delivered():
-            return None
-        return delivered()
+from .test_pipeline import Sink
 
 
 class Acks:
