@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[embedded,dev]'
+	$(BIN)/pip install -q -e '.[embedded,tracking,dev]'
 	touch $@
 
 install: $(BIN)/.installed

@@ -17,6 +17,9 @@ from streams.settings import Settings, SettingsError, setting_specs
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-file", default=None, metavar="FILE",
+                        help="KEY=value settings file (e.g. from `streamlearner tune`); the "
+                             "environment and flags beat it [env STREAMLEARNER_ENV_FILE]")
     group = parser.add_argument_group("settings (flag beats environment variable)")
     for spec in setting_specs():
         group.add_argument(spec.flag, dest=f"setting__{spec.env}", metavar=spec.env,
@@ -26,7 +29,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {k.removeprefix("setting__"): v for k, v in vars(args).items()
                  if k.startswith("setting__") and v is not None}
-    return Settings.from_env(overrides=overrides)
+    return Settings.from_env(overrides=overrides, env_file=getattr(args, "env_file", None))
 
 
 def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:

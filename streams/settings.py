@@ -435,11 +435,20 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
-                 overrides: Mapping[str, str] | None = None) -> "Settings":
-        """Build from ``env`` (default ``os.environ``) with ``overrides`` (keyed by env name) on top."""
+                 overrides: Mapping[str, str] | None = None,
+                 env_file: str | None = None) -> "Settings":
+        """Build from ``env`` (default ``os.environ``) with ``overrides`` (keyed by env name) on
+        top. ``env_file`` (``KEY=value`` lines, e.g. what ``streamlearner tune`` writes) comes
+        below both: file < environment < flags. ``STREAMLEARNER_ENV_FILE`` in ``env`` names
+        the file when ``env_file`` is not given."""
         import os
 
-        source = dict(os.environ if env is None else env)
+        environ = dict(os.environ if env is None else env)
+        source: dict[str, str] = {}
+        path = env_file or environ.get(ENV_FILE_VAR) or None
+        if path:
+            source.update(read_env_file(path))
+        source.update(environ)
         source.update(overrides or {})
         values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
         for spec in setting_specs():
@@ -452,6 +461,46 @@ class Settings:
             except (ValueError, TypeError) as exc:
                 raise SettingsError(_name_setting(section, str(exc))) from None
         return cls(**parts)
+
+
+ENV_FILE_VAR = "STREAMLEARNER_ENV_FILE"
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """``KEY=value`` lines (``#`` comments, blank lines and an ``export`` prefix allowed; values
+    may be quoted). Every key must be a setting's env name: a typo fails here, naming the
+    file, line and key, instead of being silently ignored.
+
+    >>> import tempfile, os
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".env", delete=False) as f:
+    ...     _ = f.write("# tuned\\nLEARNER_LR=0.002\\nexport MEMORY_REPLAY_RATIO='2'\\n")
+    >>> read_env_file(f.name)
+    {'LEARNER_LR': '0.002', 'MEMORY_REPLAY_RATIO': '2'}
+    >>> os.unlink(f.name)
+    """
+    known = {spec.env for spec in setting_specs()}
+    out: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise SettingsError(f"{ENV_FILE_VAR}: cannot read env file {path!r}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("export "):
+            text = text[len("export "):].lstrip()
+        key, sep, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise SettingsError(f"{ENV_FILE_VAR}: {path}:{number}: expected KEY=value, got {line!r}")
+        if key not in known:
+            raise SettingsError(f"{key}: {path}:{number}: not a streamlearner setting")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key] = value
+    return out
 
 
 def _name_setting(section: str, message: str) -> str:

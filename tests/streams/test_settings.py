@@ -91,3 +91,33 @@ def test_worker_refuses_to_start_on_a_bad_drift_setting():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "bad setting: DRIFT_WINDOW: window must be >= 1, got 0" in out.stderr
+
+
+def test_env_file_is_below_environment_and_flags(tmp_path):
+    path = tmp_path / "tuned.env"
+    path.write_text("# best trial\nLEARNER_LR=0.002\nSTREAM_BATCH_SIZE=8\n"
+                    "export MEMORY_REPLAY_RATIO='2.5'\n\n")
+    s = Settings.from_env({"STREAM_BATCH_SIZE": "16"}, overrides={}, env_file=str(path))
+    assert s.learner.lr == 0.002 and s.memory.replay_ratio == 2.5
+    assert s.stream.batch_size == 16          # the environment beats the file
+    s = Settings.from_env({"STREAMLEARNER_ENV_FILE": str(path)},
+                          overrides={"LEARNER_LR": "0.01"})
+    assert s.learner.lr == 0.01 and s.stream.batch_size == 8
+
+
+@pytest.mark.parametrize("text, name", [
+    ("LEARNER_LRR=1\n", "LEARNER_LRR"),
+    ("just words\n", "STREAMLEARNER_ENV_FILE"),
+    ("LEARNER_LR=fast\n", "LEARNER_LR"),
+])
+def test_bad_env_file_names_the_setting(tmp_path, text, name):
+    path = tmp_path / "bad.env"
+    path.write_text(text)
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({}, env_file=str(path))
+    assert str(err.value).startswith(name)
+
+
+def test_missing_env_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SettingsError, match="STREAMLEARNER_ENV_FILE: cannot read"):
+        Settings.from_env({}, env_file=str(tmp_path / "nope.env"))
