@@ -23,6 +23,12 @@ from typing import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("accepted", "invalid", "duplicate")
+# Why an output record was not delivered (streams/outputs.py classify; kept here because
+# monitoring is handed numbers and must not import the stream room).
+OUTPUT_REASONS = ("timeout", "unavailable", "unknown_topic", "too_large", "authorization",
+                  "refused", "broker_error", "serialization", "error")
+# Where a batch failed when it stopped the worker (streams/pipeline.py).
+FAILURE_STAGES = ("decode", "predict", "publish", "learn", "checkpoint", "ack", "internal")
 DRIFT_DETECTORS = (("concept", "adwin"), ("data", "mmd"), ("label", "chi2"))
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -89,7 +95,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, topics: Iterable[str] = (),
                  tasks: Iterable[str] = (), reasons: Iterable[str] = (),
                  prequential_window: int = 200,
-                 drift_detectors: Iterable[tuple[str, str]] = DRIFT_DETECTORS):
+                 drift_detectors: Iterable[tuple[str, str]] = DRIFT_DETECTORS,
+                 outputs: Iterable[str] = ()):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.events = Counter("streamlearner_stream_events_total",
@@ -185,6 +192,19 @@ class Metrics:
                                   "Messages in the partition not yet committed by this worker "
                                   "(high-water mark minus committed offset).",
                                   ["topic", "partition"], registry=r)
+        self.output_failures = Counter(
+            "streamlearner_stream_output_failures_total",
+            "Output records that could not be delivered after their retries, by topic and "
+            "reason; each one stops its batch unacknowledged (the worker exits with code 3).",
+            ["topic", "reason"], registry=r)
+        self.output_retries = Counter(
+            "streamlearner_stream_output_retries_total",
+            "Retried deliveries of output records, by topic and reason.",
+            ["topic", "reason"], registry=r)
+        self.batch_failures = Counter(
+            "streamlearner_stream_batch_failures_total",
+            "Micro-batches that stopped the worker unacknowledged, by the stage that failed.",
+            ["stage"], registry=r)
         self._drift_detectors = tuple(drift_detectors)
         self._lag_labels: set[tuple[str, str]] = set()
         self._window = prequential_window
@@ -196,6 +216,12 @@ class Metrics:
                 self.dead_letters.labels(topic=topic, reason=reason)
         for reason in ("regression", "manual"):
             self.rollbacks.labels(reason=reason)
+        for topic in outputs:
+            for reason in OUTPUT_REASONS:
+                self.output_failures.labels(topic=topic, reason=reason)
+                self.output_retries.labels(topic=topic, reason=reason)
+        for stage in FAILURE_STAGES:
+            self.batch_failures.labels(stage=stage)
         for task in tasks:
             self.init_task(task)
 

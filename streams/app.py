@@ -12,11 +12,45 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.agents.ingest import register_ingest_agent
 from streams.api import register_api
+from streams.outputs import DeliveryPolicy, Output
 from streams.pipeline import Pipeline
 from streams.records import DeadLetter, DriftAlert, ExplanationRecord, ModelEvent, Prediction
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def disable_topic_auto_creation() -> bool:
+    """Make this process's aiokafka clients ask for metadata with
+    ``allow_auto_topic_creation=False`` (aiokafka always asks for True).
+
+    A broker with ``auto.create.topics.enable`` would otherwise create a missing output topic
+    with its default partition count the moment the worker produces to it; with this, a
+    missing topic is an ``UnknownTopicOrPartitionError`` (retried, then fail-stop: see
+    streams/outputs.py). Returns False when this aiokafka has no such hook (then topics may
+    be auto-created, as before)."""
+    try:
+        import aiokafka.client as client
+        from aiokafka.protocol.metadata import MetadataRequest
+    except ImportError:  # pragma: no cover - aiokafka is a faust-streaming dependency
+        return False
+    if getattr(client.MetadataRequest, "_streamlearner_no_create", False):
+        return True
+    try:
+        MetadataRequest([], allow_auto_topic_creation=False)
+    except TypeError:
+        log.warning("this aiokafka cannot turn off topic auto-creation; a missing output "
+                    "topic may be created by the broker")
+        return False
+
+    class NoAutoCreateMetadataRequest(MetadataRequest):
+        _streamlearner_no_create = True
+
+        def __init__(self, topics=None, allow_auto_topic_creation=False):
+            super().__init__(topics, allow_auto_topic_creation)
+
+    client.MetadataRequest = NoAutoCreateMetadataRequest
+    return True
 
 
 def _credentials(kafka):
@@ -54,9 +88,25 @@ def read_lag(consumer, topics: set[str]) -> dict[tuple[str, int], int]:
     return lags
 
 
+class StreamApp(faust.App):
+    """A Faust app whose agent crashes stop the pipeline first.
+
+    Faust answers an exception that escapes an agent by committing the offsets acked so far
+    and restarting the agent, which then continues *after* the batch it was processing; the
+    next acks would let the consumer commit past those events. Failing the pipeline first
+    means no ack happens any more: the worker stops and the events are redelivered."""
+
+    pipeline: Pipeline | None = None
+
+    async def _on_agent_error(self, agent, exc: BaseException) -> None:
+        if self.pipeline is not None:
+            self.pipeline.fail("internal", exc)
+        await super()._on_agent_error(agent, exc)
+
+
 def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None = None) -> faust.App:
     k = settings.kafka
-    app = faust.App(
+    app = StreamApp(
         k.app_id,
         broker=[f"kafka://{s}" for s in k.servers.split(",")],
         broker_credentials=_credentials(k),
@@ -75,6 +125,11 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         # Backpressure: at most this many fetched events wait per source partition; beyond
         # it the partition is paused and the backlog stays in Kafka (memory stays bounded).
         stream_buffer_maxsize=settings.stream.buffer_events,
+        # Outputs: bounded records (STREAM_DEAD_LETTER_MAX_BYTES) under this request size;
+        # one attempt waits at most this long (Faust's default is 20 minutes), then
+        # streams/outputs.py retries with backoff or stops the batch.
+        producer_max_request_size=k.max_request_bytes,
+        producer_request_timeout=k.producer_request_timeout_s,
         # Our Settings are the only configuration: Faust would otherwise read its own names
         # from the environment (WEB_PORT, BROKER_..., STREAM_BUFFER_MAXSIZE) over these
         # kwargs, e.g. Kubernetes' service-link variable WEB_PORT=tcp://... for a service "web".
@@ -85,22 +140,25 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         web_host=settings.metrics.host,
         datadir=data_dir or f"{settings.checkpoint.dir}/faust",
     )
-    predictions = app.topic(k.predictions_topic, value_type=Prediction, key_type=str,
-                            key_serializer="raw", value_serializer="json")
-    dead_letters = app.topic(k.dead_letter_topic, value_type=DeadLetter, key_type=str,
-                             key_serializer="raw", value_serializer="json")
-    drift_alerts = app.topic(k.drift_topic, value_type=DriftAlert, key_type=str,
-                             key_serializer="raw", value_serializer="json")
-    explanations = app.topic(k.explanations_topic, value_type=ExplanationRecord, key_type=str,
-                             key_serializer="raw", value_serializer="json")
-    model_events = app.topic(k.model_events_topic, value_type=ModelEvent, key_type=str,
-                             key_serializer="raw", value_serializer="json")
-    pipeline.publish_model_event = lambda key, rec: model_events.send(key=key, value=rec)
-    pipeline.publish_explanation = lambda key, rec: explanations.send(key=key, value=rec)
-    pipeline.publish_prediction = lambda key, rec: predictions.send(key=key, value=rec)
-    pipeline.publish_dead_letter = lambda key, rec: dead_letters.send(key=key, value=rec)
+    app.pipeline = pipeline
+    if not k.auto_create_topics:
+        disable_topic_auto_creation()
+    policy = DeliveryPolicy(retries=settings.stream.output_retries,
+                            backoff_s=settings.stream.output_backoff_s,
+                            backoff_max_s=settings.stream.output_backoff_max_s)
+
+    def output(name: str, value_type) -> Output:
+        topic = app.topic(name, value_type=value_type, key_type=str, key_serializer="raw",
+                          value_serializer="json")
+        return Output(name, lambda key, rec: topic.send(key=key, value=rec),
+                      metrics=pipeline.metrics, policy=policy)
+
+    pipeline.publish_prediction = output(k.predictions_topic, Prediction).publish
+    pipeline.publish_dead_letter = output(k.dead_letter_topic, DeadLetter).publish
+    pipeline.publish_explanation = output(k.explanations_topic, ExplanationRecord).publish
+    pipeline.publish_model_event = output(k.model_events_topic, ModelEvent).publish
     if pipeline.drift is not None:
-        pipeline.drift.publish = lambda key, rec: drift_alerts.send(key=key, value=rec)
+        pipeline.drift.publish = output(k.drift_topic, DriftAlert).publish
 
     for topic_name, task in k.source_topics().items():
         source = app.topic(topic_name, value_type=bytes, value_serializer="raw",
@@ -114,7 +172,10 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
     async def flush_idle():
         # Events wait for a checkpoint before their offsets are committed; when the stream
         # goes quiet, make them durable now rather than at the next batch.
-        await pipeline.flush_if_idle()
+        try:
+            await pipeline.flush_if_idle()
+        except Exception as exc:   # a timer that raises would die silently
+            pipeline.fail("checkpoint", exc)
 
     @app.timer(interval=settings.metrics.lag_interval_s)
     async def consumer_lag():

@@ -40,8 +40,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
     settings = _settings(args)
-    run_worker(settings, loglevel=args.loglevel)
-    return 0
+    return run_worker(settings, loglevel=args.loglevel)
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:

@@ -14,12 +14,23 @@ and nothing before it waits. A crash redelivers exactly the events after the res
 checkpoint; the checkpoint carries the dedup ids of everything it contains, so a
 redelivered event that it already holds is recognised and not trained twice. The update
 journal (streams/journal.py) records the event ids of every update of the model's history.
+
+Every outcome of a batch (predictions, dead letters, explanations, drift alerts) is delivered
+before the model learns from it, so whatever the model holds already has its outcome.
+Fail-stop: an exception anywhere in the batch path that is not an event's own fault (an
+output the broker refuses or that stays undeliverable after its retries, a failed update, a
+bug) stops the pipeline (:meth:`Pipeline.fail`): that batch and every later one stay
+unacknowledged, nothing is checkpointed any more (the model may hold half of that batch),
+``on_failure`` tells the worker to stop (exit code 3), and a restart resumes at the last
+checkpoint with Kafka redelivering everything after it. A decode error or a prediction that
+fails for one event alone dead-letters that event and goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import random
 import time
@@ -30,9 +41,10 @@ from monitoring.metrics import Metrics
 from streams.cleaning import clean_event
 from streams.dedup import Deduplicator
 from streams.handoff import ModelThread
+from streams.outputs import OutputError, deliver_all
 from streams.probe import ProbeSets
-from streams.records import (DeadLetter, Event, ExplanationRecord, ModelEvent, Prediction,
-                             Reason, RejectedEvent, dead_letter, decode_event)
+from streams.records import (DeadLetter, Event, ModelEvent, Prediction, Reason, RejectedEvent,
+                             dead_letter, decode_event, explanation_record)
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -67,7 +79,17 @@ class BatchReport:
     duplicate: int = 0
     trained: int = 0
     model_version: int = 0
-    refused: bool = False  # the worker is draining: not processed, not acked (redelivered)
+    refused: bool = False  # draining or failed: not processed, not acked (redelivered)
+    failed: bool = False   # this batch stopped the pipeline (see Pipeline.fail)
+
+
+class PipelineFailed(RuntimeError):
+    """The pipeline stopped on a failure; ``stage`` is where (a metric label)."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
+        self.stage = stage
+        self.cause = cause
 
 
 class Pipeline:
@@ -110,6 +132,40 @@ class Pipeline:
         self._in_batch = False
         self._draining = False
         self._last_batch = time.monotonic()
+        self._stage = "internal"
+        self._checkpoint_failures = 0     # consecutive
+        self.failure: PipelineFailed | None = None
+        self.on_failure: Callable[[PipelineFailed], Any] | None = None  # the worker stops
+
+    # -- fail-stop --------------------------------------------------------------------------
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def fail(self, stage: str, exc: BaseException) -> PipelineFailed:
+        """Stop for good: no ack, no checkpoint from now on; tell the worker once."""
+        if self.failure is not None:
+            return self.failure
+        self.failure = PipelineFailed(stage, exc)
+        self.metrics.batch_failures.labels(stage=stage).inc()
+        if isinstance(exc, OutputError):
+            log.error("output topic %r refuses delivery (%s: %s); stopping without "
+                      "acknowledging this batch or anything after it (%d events since the last "
+                      "checkpoint will be redelivered after a restart, once the cause is fixed)",
+                      exc.topic, exc.reason, exc.cause, self._pending_events)
+        else:
+            log.error("%s failed (%s: %s); stopping without acknowledging this batch or anything "
+                      "after it (%d events since the last checkpoint will be redelivered after "
+                      "a restart)", stage, type(exc).__name__, exc, self._pending_events,
+                      exc_info=exc)
+        self._pending = []   # never acked: their events come back after the restart
+        self._dirty = False  # nothing of the failed batch may reach a checkpoint
+        if self.on_failure is not None:
+            try:
+                self.on_failure(self.failure)
+            except Exception:
+                log.exception("on_failure callback raised")
+        return self.failure
 
     # -- start / stop ---------------------------------------------------------------------------
     def restore(self) -> int:
@@ -146,7 +202,7 @@ class Pipeline:
     def checkpoint_now(self) -> None:
         """Synchronous checkpoint (shutdown fallback once the event loop is gone): only
         when no batch was cut short, so the checkpoint never holds half a batch."""
-        if self.checkpoints is None or not self._dirty or self._in_batch:
+        if self.checkpoints is None or not self._dirty or self._in_batch or self.failed:
             return
         self.model.call(self._save, self._extra_state())
 
@@ -158,22 +214,35 @@ class Pipeline:
 
     async def _checkpoint(self) -> bool:
         """Save (model thread), then ack every batch it holds; False if the save failed."""
+        if self.failed:
+            return False
         try:
             await self.model.run(self._save, self._extra_state())
-        except Exception:
+        except Exception as exc:
             self.metrics.checkpoint_failures.inc()
-            log.exception("checkpoint failed; %d events stay unacknowledged and will be "
-                          "retried", self._pending_events)
+            self._checkpoint_failures += 1
+            if self._checkpoint_failures >= self.settings.checkpoint.max_failures:
+                self.fail("checkpoint", exc)
+                return False
+            log.exception("checkpoint failed (%d in a row); %d events stay unacknowledged and "
+                          "will be retried", self._checkpoint_failures, self._pending_events)
             return False
+        self._checkpoint_failures = 0
         await self._ack_pending()
         return True
 
     async def _ack_pending(self) -> None:
+        if self.failed:
+            return
         pending, self._pending = self._pending, []
         self._pending_events = 0
         self.metrics.pending_events.set(0)
         for ack in pending:
-            await ack()
+            try:
+                await ack()
+            except Exception as exc:   # the later batches must not be acked past this one
+                self.fail("ack", exc)
+                return
 
     async def _settle(self, ack: Ack | None, n_events: int) -> None:
         """After a batch: queue its ack behind the next checkpoint, checkpoint when due."""
@@ -183,7 +252,7 @@ class Pipeline:
             else:
                 self._pending.append(ack)
                 self._pending_events += n_events
-        if self.checkpoints is None:
+        if self.checkpoints is None or self.failed:
             return
         if self._dirty and self._checkpoint_due():
             await self._checkpoint()
@@ -193,20 +262,28 @@ class Pipeline:
 
     async def flush_if_idle(self) -> None:
         """Timer: checkpoint and ack when events wait and the stream went quiet."""
-        if not self._pending or time.monotonic() - self._last_batch < self.settings.checkpoint.idle_s:
+        if (self.failed or not self._pending
+                or time.monotonic() - self._last_batch < self.settings.checkpoint.idle_s):
             return
         async with self._batch_lock():
-            if not self._pending:
+            if not self._pending or self.failed:
                 return
-            if self._dirty:
-                await self._checkpoint()
-            else:
-                await self._ack_pending()
+            try:
+                if self._dirty:
+                    await self._checkpoint()
+                else:
+                    await self._ack_pending()
+            except Exception as exc:
+                self.fail("checkpoint", exc)
 
     async def drain(self) -> None:
-        """Shutdown: refuse new batches, finish the running one, checkpoint, ack everything."""
+        """Shutdown: refuse new batches, finish the running one, checkpoint, ack everything
+        (after a failure: nothing; the unacknowledged events are redelivered)."""
         self._draining = True
         async with self._batch_lock():
+            if self.failed:
+                log.warning("not draining: the pipeline stopped on a failure (%s)", self.failure)
+                return
             if self._dirty and self.checkpoints is not None:
                 await self._checkpoint()
             elif self._pending:
@@ -218,23 +295,40 @@ class Pipeline:
                      ack: Ack | None = None) -> BatchReport:
         """Process one micro-batch; ``ack`` is called once its effect is durable (see module
         doc). Batches of all agents run one at a time."""
-        if self._draining:
+        if self._draining or self.failed:
             return BatchReport(refused=True)
         async with self._batch_lock():
-            if self._draining:
+            if self._draining or self.failed:
                 return BatchReport(refused=True)
             self._in_batch = True
+            self._stage = "decode"
             try:
                 report = await self._handle(task, batch)
+            except Exception as exc:
+                self.fail("publish" if isinstance(exc, OutputError) else self._stage, exc)
+                return BatchReport(refused=True, failed=True)
             finally:
                 self._in_batch = False
             self._last_batch = time.monotonic()
-            await self._settle(ack, len(batch))
+            try:
+                await self._settle(ack, len(batch))
+            except Exception as exc:
+                self.fail("ack", exc)
             return report
 
     async def _handle(self, task: str, batch: Sequence[RawEvent]) -> BatchReport:
-        report = BatchReport()
         deliveries: list[Awaitable[Any]] = []
+        try:
+            return await self._handle_batch(task, batch, deliveries)
+        except BaseException:
+            for d in deliveries:   # never started (the batch failed before delivering them)
+                if inspect.iscoroutine(d) and inspect.getcoroutinestate(d) == inspect.CORO_CREATED:
+                    d.close()
+            raise
+
+    async def _handle_batch(self, task: str, batch: Sequence[RawEvent],
+                            deliveries: list[Awaitable[Any]]) -> BatchReport:
+        report = BatchReport()
         received_at = time.time()
         accepted: list[tuple[RawEvent, Event]] = []
         cfg = self.settings.stream
@@ -243,7 +337,8 @@ class Pipeline:
             try:
                 event = clean_event(decode_event(
                     raw.value, task=task, received_at=received_at,
-                    max_text_chars=cfg.max_text_chars, max_payload_bytes=cfg.max_payload_bytes))
+                    max_text_chars=cfg.max_text_chars, max_payload_bytes=cfg.max_payload_bytes,
+                    max_id_chars=cfg.max_id_chars, max_label_chars=cfg.max_label_chars))
             except RejectedEvent as rejected:
                 deliveries.append(await self._dead_letter(raw, rejected.reason, rejected.message))
                 report.invalid += 1
@@ -259,18 +354,23 @@ class Pipeline:
                 outcomes[(raw.topic, "duplicate")] += 1
                 report.duplicate += 1
                 continue
-            outcomes[(raw.topic, "accepted")] += 1
             accepted.append((raw, event))
+
+        train: list[tuple[RawEvent, Event]] = []
+        if accepted:
+            self._stage = "predict"
+            accepted, predictions, rejected = await self._predict(task, accepted)
+            for raw, message in rejected:   # this event alone made the model fail
+                deliveries.append(await self._dead_letter(raw, Reason.internal_error, message))
+                report.invalid += 1
+        for raw, _ in accepted:
+            outcomes[(raw.topic, "accepted")] += 1
         for (topic, outcome), n in outcomes.items():   # one counter update per batch, not per event
             self.metrics.events.labels(topic=topic, outcome=outcome).inc(n)
         report.accepted = len(accepted)
-
         if accepted:
             texts = [event.text for _, event in accepted]
-            started = time.perf_counter()
-            predict = self.serving.predict_many if self.serving is not None else self.learner.predict_many
-            predictions = await self.model.run(predict, task, texts)
-            self.metrics.predict_duration.labels(task=task).observe(time.perf_counter() - started)
+            self._stage = "publish"
             now = time.time()
             for (_, event), pred in zip(accepted, predictions):
                 record = Prediction(id=event.id, task=task, label=pred.label,
@@ -284,24 +384,51 @@ class Pipeline:
             if labeled:
                 self.metrics.observe_prequential(task, (p.label == e.label for _, e, p in labeled))
             if self.drift is not None:
+                self._stage = "internal"
                 deliveries += await self.drift.observe(
                     task, texts, [p.label != e.label for _, e, p in labeled],
                     [e.label for _, e, _ in labeled])
-            train = []
             for raw, event, _ in labeled:
                 if self.dedup.repeat_text(task, event.text):
                     self.metrics.repeat_texts.labels(task=task).inc()
                 elif not self.probes.take(task, event.id, event.text, event.label):
                     train.append((raw, event))
-            if train:
-                await self._learn(task, train)
-                report.trained = len(train)
 
-        # Outputs are delivered before the caller acks the batch: at-least-once end to end.
-        if deliveries:
-            await asyncio.gather(*deliveries)
+        # Every outcome is delivered before the model learns from the batch: a checkpoint
+        # (and the dedup ids inside it) never holds an event whose outcome is not out.
+        self._stage = "publish"
+        await deliver_all(deliveries)
+        if train:
+            self._stage = "learn"
+            await self._learn(task, train)
+            report.trained = len(train)
         report.model_version = self.learner.model_version
         return report
+
+    async def _predict(self, task: str, accepted: list[tuple[RawEvent, Event]]):
+        """Predict the batch; if that fails, event by event: an event that fails alone is
+        returned in ``rejected`` (to dead-letter), a failure of every event is systemic and
+        raises (fail-stop)."""
+        predict = self.serving.predict_many if self.serving is not None else self.learner.predict_many
+        texts = [event.text for _, event in accepted]
+        started = time.perf_counter()
+        try:
+            predictions = await self.model.run(predict, task, texts)
+        except Exception as batch_error:
+            log.warning("predicting a %s batch of %d failed (%s: %s); retrying event by event",
+                        task, len(texts), type(batch_error).__name__, batch_error)
+            kept, predictions, rejected = [], [], []
+            for item in accepted:
+                try:
+                    predictions += await self.model.run(predict, task, [item[1].text])
+                    kept.append(item)
+                except Exception as exc:
+                    rejected.append((item[0], f"prediction failed: {type(exc).__name__}"))
+            if not kept:
+                raise batch_error
+            return kept, predictions, rejected
+        self.metrics.predict_duration.labels(task=task).observe(time.perf_counter() - started)
+        return accepted, predictions, []
 
     def _learn_job(self, task: str, texts: list[str], labels: list[str], ids: list[str]):
         """Model thread: the update and its journal line, in model order."""
@@ -359,10 +486,10 @@ class Pipeline:
             except Exception:  # an explanation is a nicety; never fail the batch for it
                 log.exception("explanation of %s failed", event.id)
                 continue
-            record = ExplanationRecord(id=event.id, task=task, label=ex.label,
-                                       probability=ex.probability, method=ex.method,
-                                       model_version=ex.model_version,
-                                       words=ex.to_dict()["words"], ts=time.time())
+            record = explanation_record(
+                max_bytes=self.settings.stream.dead_letter_max_bytes, id=event.id, task=task,
+                label=ex.label, probability=ex.probability, method=ex.method,
+                model_version=ex.model_version, words=ex.to_dict()["words"], ts=time.time())
             out.append(await self.publish_explanation(event.id, record))
         return out
 
@@ -510,5 +637,6 @@ class Pipeline:
         self.metrics.dead_letters.labels(topic=raw.topic, reason=reason.value).inc()
         record: DeadLetter = dead_letter(raw.value, topic=raw.topic, partition=raw.partition,
                                          offset=raw.offset, reason=reason, message=message,
-                                         ts=time.time())
+                                         ts=time.time(),
+                                         max_bytes=self.settings.stream.dead_letter_max_bytes)
         return await self.publish_dead_letter(f"{raw.topic}:{raw.partition}:{raw.offset}", record)

@@ -21,6 +21,7 @@ field that is null is ``missing_field``; an optional one takes its default.
 import base64
 import dataclasses
 import enum
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
@@ -52,6 +53,7 @@ class Reason(str, enum.Enum):
     empty_field = "empty_field"
     wrong_type = "wrong_type"
     text_too_long = "text_too_long"
+    field_too_long = "field_too_long"
     payload_too_large = "payload_too_large"
     invalid_ts = "invalid_ts"
     empty_after_cleaning = "empty_after_cleaning"
@@ -171,6 +173,10 @@ def _source_fields(obj: dict, spec: Mapping[str, type]) -> dict[str, object]:
     return fields
 
 
+MAX_ID_CHARS = 512      # an id is a Kafka key and rides in every output record
+MAX_LABEL_CHARS = 256   # a label is a head's class name and rides in every prediction
+
+
 def decode_event(
     raw: bytes | None,
     *,
@@ -178,6 +184,8 @@ def decode_event(
     received_at: float,
     max_text_chars: int = 2000,
     max_payload_bytes: int = 65536,
+    max_id_chars: int = MAX_ID_CHARS,
+    max_label_chars: int = MAX_LABEL_CHARS,
 ) -> Event:
     """Validate one raw payload of a ``task`` source topic; raise :class:`RejectedEvent`.
 
@@ -213,6 +221,11 @@ def decode_event(
         )
 
     event_id = _required_str(obj, "id")
+    if len(event_id) > max_id_chars:
+        raise RejectedEvent(
+            Reason.field_too_long,
+            f"field 'id' has {len(event_id)} characters, more than the limit of {max_id_chars}",
+        )
     text = _required_str(obj, "text")
     if len(text) > max_text_chars:
         raise RejectedEvent(
@@ -226,6 +239,12 @@ def decode_event(
         label = label.strip()
         if not label:
             raise RejectedEvent(Reason.empty_field, "field 'label' is empty")
+        if len(label) > max_label_chars:
+            raise RejectedEvent(
+                Reason.field_too_long,
+                f"field 'label' has {len(label)} characters, more than the limit of "
+                f"{max_label_chars}",
+            )
     ts = _parse_ts(obj.get("ts"), received_at)
     return Event(
         id=event_id,
@@ -288,7 +307,9 @@ class ModelEvent(faust.Record, serializer="json", include_metadata=False, coerce
 
 class ExplanationRecord(faust.Record, serializer="json", include_metadata=False, coerce=True):
     """Word attributions for one stream prediction (``explanations``, key: event id);
-    ``words`` holds ``{"word", "start", "end", "score"}`` objects in text order."""
+    ``words`` holds ``{"word", "start", "end", "score"}`` objects in text order. A record
+    over the output bound keeps the words with the largest absolute scores (still in text
+    order) and says so with ``words_truncated``; build it with :func:`explanation_record`."""
 
     id: str
     task: str
@@ -298,14 +319,52 @@ class ExplanationRecord(faust.Record, serializer="json", include_metadata=False,
     model_version: int
     words: list
     ts: float
+    words_truncated: bool = False
     schema_version: int = SCHEMA_VERSION
+
+
+def record_size(record: faust.Record) -> int:
+    """Bytes of ``record`` as Faust serialises it (the value the producer sends)."""
+    return len(record.dumps(serializer="json"))
+
+
+def explanation_record(*, max_bytes: int | None = None, **fields) -> ExplanationRecord:
+    """An :class:`ExplanationRecord` of at most ``max_bytes`` serialised bytes.
+
+    >>> words = [{"word": "w" * 50, "start": 0, "end": 50, "score": float(i)} for i in range(40)]
+    >>> rec = explanation_record(max_bytes=1000, id="e1", task="t", label="l", probability=0.5,
+    ...                          method="ig", model_version=1, words=words, ts=0.0)
+    >>> rec.words_truncated, record_size(rec) <= 1000, rec.words[-1]["score"]
+    (True, True, 39.0)
+    """
+    record = ExplanationRecord(**fields)
+    if max_bytes is None or record_size(record) <= max_bytes:
+        return record
+    words = list(fields["words"])
+    empty = record_size(ExplanationRecord(**{**fields, "words": [], "words_truncated": True}))
+    budget = max_bytes - empty
+    ranked = sorted(range(len(words)), key=lambda i: -abs(float(words[i].get("score", 0.0))))
+    keep, used = [], 0
+    for i in ranked:
+        cost = len(orjson.dumps(words[i])) + 1   # + the comma between list items
+        if used + cost > budget:
+            continue
+        keep.append(i)
+        used += cost
+    return ExplanationRecord(**{**fields, "words": [words[i] for i in sorted(keep)],
+                                "words_truncated": True})
 
 
 class DeadLetter(faust.Record, serializer="json", include_metadata=False, coerce=True):
     """A rejected event with its Kafka coordinates; build it with :func:`dead_letter`.
 
     ``payload`` is the original bytes as UTF-8 text, or base64 when they are
-    not valid UTF-8 (``payload_encoding`` says which).
+    not valid UTF-8 (``payload_encoding`` says which). ``payload_bytes`` and
+    ``payload_sha256`` describe the original bytes. A dead letter never exceeds the output
+    bound (``STREAM_DEAD_LETTER_MAX_BYTES``): a larger payload is cut
+    (``payload_truncated``), and the original stays readable at ``topic``/``partition``/
+    ``offset`` while the source topic retains it (``streamlearner dlq replay`` re-reads it
+    there and checks it against ``payload_sha256``).
     """
 
     payload: str
@@ -316,7 +375,37 @@ class DeadLetter(faust.Record, serializer="json", include_metadata=False, coerce
     reason: str
     message: str
     ts: float
+    payload_truncated: bool = False
+    payload_bytes: int = 0
+    payload_sha256: str = ""
     schema_version: int = SCHEMA_VERSION
+
+
+DEAD_LETTER_MAX_BYTES = 256 * 1024
+
+
+def _escaped_len(text: str) -> int:
+    return len(orjson.dumps(text)) - 2   # JSON-escaped UTF-8 bytes, without the quotes
+
+
+def _cut_to(text: str, budget: int) -> str:
+    """The longest prefix of ``text`` whose JSON-escaped form fits in ``budget`` bytes."""
+    if budget <= 0:
+        return ""
+    n = min(len(text), budget)
+    while n > 0:
+        size = _escaped_len(text[:n])
+        if size <= budget:
+            break
+        n = min(n - 1, n * budget // size)
+    # Grow back by what the proportional step gave up (at most a few passes).
+    step = max(1, (budget - _escaped_len(text[:n])) // 12)
+    while n < len(text) and step > 0:
+        if _escaped_len(text[:n + step]) <= budget:
+            n += step
+        else:
+            step //= 2
+    return text[:n]
 
 
 def dead_letter(
@@ -328,25 +417,37 @@ def dead_letter(
     reason: Reason,
     message: str,
     ts: float,
+    max_bytes: int | None = DEAD_LETTER_MAX_BYTES,
 ) -> DeadLetter:
-    """Wrap a rejected payload, choosing a text-safe encoding for it.
+    """Wrap a rejected payload, choosing a text-safe encoding for it, within ``max_bytes``
+    serialised bytes (``None``: no bound).
 
     >>> dead_letter(b"\\xff", topic="t", partition=0, offset=7,
     ...             reason=Reason.invalid_utf8, message="m", ts=1.0).payload
     '/w=='
+    >>> big = dead_letter(b'{"text": "' + b"x" * 5000 + b'"}', topic="t", partition=0, offset=8,
+    ...                   reason=Reason.payload_too_large, message="m", ts=1.0, max_bytes=1024)
+    >>> big.payload_truncated, big.payload_bytes, record_size(big) <= 1024
+    (True, 5012, True)
     """
     raw = b"" if raw is None else raw
     try:
         payload, encoding = raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return DeadLetter(
-        payload=payload,
-        payload_encoding=encoding,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        reason=reason.value,
-        message=message,
-        ts=ts,
-    )
+    fields = dict(payload_encoding=encoding, topic=topic, partition=partition, offset=offset,
+                  reason=reason.value, message=message, ts=ts, payload_bytes=len(raw),
+                  payload_sha256=hashlib.sha256(raw).hexdigest())
+    record = DeadLetter(payload=payload, **fields)
+    if max_bytes is None or len(payload) + 1024 <= max_bytes and record_size(record) <= max_bytes:
+        return record
+    budget = max_bytes - record_size(DeadLetter(payload="", payload_truncated=True, **fields))
+    if encoding == "base64":
+        # Cut the original bytes on a 3-byte boundary so the base64 text stays decodable.
+        keep = max(0, budget) // 4 * 3
+        cut = base64.b64encode(raw[:keep]).decode("ascii")
+    else:
+        cut = _cut_to(payload, budget)
+    if len(cut) == len(payload) and record_size(record) <= max_bytes:
+        return record
+    return DeadLetter(payload=cut, payload_truncated=True, **fields)

@@ -71,6 +71,18 @@ class KafkaConfig:
     sasl_password: str | None = field(default=None, metadata=_help(
         "SASL password (never logged)."))
     ssl_cafile: str | None = field(default=None, metadata=_help("CA bundle for SSL."))
+    max_request_bytes: int = field(default=1_048_576, metadata=_help(
+        "Largest produce request the worker sends (the producer's max_request_size; Apache "
+        "Kafka's default message.max.bytes is about 1 MB). Every output record is bounded "
+        "below it (STREAM_DEAD_LETTER_MAX_BYTES)."))
+    producer_request_timeout_s: float = field(default=30.0, metadata=_help(
+        "How long one produce attempt may wait for the broker (metadata, acks) before it "
+        "counts as failed and is retried (STREAM_OUTPUT_RETRIES)."))
+    auto_create_topics: bool = field(default=False, metadata=_help(
+        "Let the worker's clients auto-create missing topics. Off: a missing output topic is "
+        "an error (retried, then the worker stops unacknowledged) instead of a topic "
+        "created with the broker's default partition count; create topics with "
+        "`streamlearner topics create`."))
 
     def __post_init__(self) -> None:
         if self.bootstrap is not None and not re.fullmatch(
@@ -93,6 +105,11 @@ class KafkaConfig:
             raise ValueError(f"replication_factor must be >= 1, got {self.replication_factor}")
         if self.session_timeout_s <= 0:
             raise ValueError(f"session_timeout_s must be > 0, got {self.session_timeout_s}")
+        if self.max_request_bytes < 64 * 1024:
+            raise ValueError(f"max_request_bytes must be >= 65536, got {self.max_request_bytes}")
+        if self.producer_request_timeout_s <= 0:
+            raise ValueError("producer_request_timeout_s must be > 0, got "
+                             f"{self.producer_request_timeout_s}")
         protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
         if self.security_protocol not in protocols:
             raise ValueError(f"security_protocol must be one of {protocols}, "
@@ -149,6 +166,22 @@ class StreamConfig:
         "predicted but not trained on again (0 disables)."))
     handoff_queue: int = field(default=2, metadata=_help(
         "Micro-batches that may wait for the model thread; agents wait when it is full."))
+    max_id_chars: int = field(default=512, metadata=_help(
+        "Longer `id` is dead-lettered as field_too_long (it is the key of every output)."))
+    max_label_chars: int = field(default=256, metadata=_help(
+        "Longer `label` is dead-lettered as field_too_long."))
+    dead_letter_max_bytes: int = field(default=256 * 1024, metadata=_help(
+        "Largest dead letter (and explanation record): a larger payload is cut and the record "
+        "says so (payload_truncated, payload_bytes, payload_sha256); the original stays at its "
+        "source coordinates for `dlq replay`. Must stay below KAFKA_MAX_REQUEST_BYTES."))
+    output_retries: int = field(default=8, metadata=_help(
+        "Retries of an output record after a retriable produce error (timeout, broker "
+        "unavailable, unknown topic); then the batch stops unacknowledged and the worker "
+        "exits with code 3 (restart it: the batch is redelivered)."))
+    output_backoff_s: float = field(default=0.5, metadata=_help(
+        "Wait before the first retry; doubles each retry."))
+    output_backoff_max_s: float = field(default=30.0, metadata=_help(
+        "Longest wait between two retries."))
     buffer_events: int = field(default=256, metadata=_help(
         "Fetched events buffered per source partition ahead of the agent (Faust "
         "`stream_buffer_maxsize`): fetching pauses at 80% and resumes at 40%, so a backlog "
@@ -156,9 +189,17 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_text_chars", "max_payload_bytes", "dedup_ids",
-                     "handoff_queue"):
+                     "handoff_queue", "max_id_chars", "max_label_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dead_letter_max_bytes < 4096:
+            raise ValueError(f"dead_letter_max_bytes must be >= 4096, got "
+                             f"{self.dead_letter_max_bytes}")
+        if self.output_retries < 0:
+            raise ValueError(f"output_retries must be >= 0, got {self.output_retries}")
+        if self.output_backoff_s < 0 or self.output_backoff_max_s < self.output_backoff_s:
+            raise ValueError("output_backoff_s must be >= 0 and output_backoff_max_s >= it, got "
+                             f"{self.output_backoff_s} and {self.output_backoff_max_s}")
         if self.buffer_events < self.batch_size:
             raise ValueError(f"buffer_events must be >= batch_size ({self.batch_size}), "
                              f"got {self.buffer_events}")
@@ -184,6 +225,9 @@ class CheckpointConfig:
     max_pending_events: int = field(default=5000, metadata=_help(
         "... or when this many consumed events wait for one (bounds memory and redelivery)."))
     keep_last: int = field(default=3, metadata=_help("Checkpoints kept on disk."))
+    max_failures: int = field(default=5, metadata=_help(
+        "Consecutive failed checkpoints (disk full, permissions) after which the worker stops "
+        "with code 3 instead of piling up unacknowledged events."))
     journal: bool = field(default=True, metadata=_help(
         "Keep CHECKPOINT_DIR/journal.jsonl: the event ids of every update in the model's "
         "history (one line per update, about 40 bytes per trained event)."))
@@ -191,7 +235,7 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         if not self.dir:
             raise ValueError("dir must not be empty")
-        for name in ("every_updates", "keep_last", "max_pending_events"):
+        for name in ("every_updates", "keep_last", "max_pending_events", "max_failures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("every_s", "idle_s"):
@@ -432,6 +476,14 @@ class Settings:
     drift: DriftConfig = field(default_factory=DriftConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def __post_init__(self) -> None:
+        # An output record must fit in a produce request, with room for the key and headers.
+        limit = self.kafka.max_request_bytes - 16 * 1024
+        if self.stream.dead_letter_max_bytes > limit:
+            raise SettingsError(
+                f"STREAM_DEAD_LETTER_MAX_BYTES: dead_letter_max_bytes must be <= "
+                f"KAFKA_MAX_REQUEST_BYTES - 16384 = {limit}, got {self.stream.dead_letter_max_bytes}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,

@@ -31,7 +31,9 @@ def build_pipeline(settings: Settings):
                       reasons=[r.value for r in Reason],
                       prequential_window=settings.metrics.prequential_window,
                       drift_detectors=[("concept", drift.concept_detector), ("data", "mmd"),
-                                       ("label", "chi2")])
+                                       ("label", "chi2")],
+                      outputs=[k for k in settings.kafka.all_topics()
+                               if k not in settings.kafka.source_topics()])
     checkpoints = CheckpointManager(settings.checkpoint.dir, keep_last=settings.checkpoint.keep_last)
     watch = DriftWatch(drift, learner, metrics, model_thread,
                        rollback_manager(settings.checkpoint.dir, settings.checkpoint.keep_last))
@@ -90,7 +92,11 @@ def _worker_class():
     return DrainingWorker
 
 
-def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
+EXIT_FAILED = 3   # the batch path failed: nothing acknowledged past it; restart to redeliver
+
+
+def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
+    """Run until stopped; 0 after a clean stop, :data:`EXIT_FAILED` after a fail-stop."""
     from streams.app import create_app
 
     from prometheus_client import disable_created_metrics
@@ -105,6 +111,9 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     app = create_app(settings, pipeline)
     worker = _worker_class()(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.pipeline = pipeline
+    # A fail-stop stops the worker as SIGTERM does; the drain then does nothing (no ack,
+    # no checkpoint), so Kafka redelivers everything after the last checkpoint.
+    pipeline.on_failure = lambda failure: worker._on_sigterm()
     try:
         worker.execute_from_commandline()
     except SystemExit:
@@ -115,3 +124,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
         if pipeline.journal is not None:
             pipeline.journal.close()
         log.info("worker stopped at model version %d", pipeline.learner.model_version)
+    if pipeline.failed:
+        log.error("worker exits with code %d: %s", EXIT_FAILED, pipeline.failure)
+        return EXIT_FAILED
+    return 0

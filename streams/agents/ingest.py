@@ -4,7 +4,10 @@ It only turns Faust events into :class:`~streams.pipeline.RawEvent` and hands
 micro-batches to the pipeline. Events are taken without automatic acks
 (``noack_take``): the pipeline calls the batch's ``ack`` once a checkpoint holds its
 effect, and only acked offsets are committed. The batch runs shielded from the
-agent's cancellation, so a stopping worker never leaves half a batch applied.
+agent's cancellation, so a stopping worker never leaves half a batch applied. An exception
+that escapes the agent anyway stops the pipeline (``Pipeline.fail``, from the app's agent
+error hook in streams/app.py) before Faust restarts the agent: the restarted agent would skip
+the in-flight events, and acking the later ones would let Faust commit past them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import pickle
 from datetime import datetime, timezone
 
@@ -58,6 +59,10 @@ REJECTIONS = [
      ["field 'text' must be a string, got int"]),
     ("text_too_long", _json(id="1", text="x" * 11), "feedback", {"max_text_chars": 10},
      Reason.text_too_long, ["'text'", "11", "10"]),
+    ("id_too_long", _json(id="i" * 13, text="hi"), "feedback", {"max_id_chars": 12},
+     Reason.field_too_long, ["'id'", "13", "12"]),
+    ("label_too_long", _json(id="1", text="hi", label="l" * 9), "feedback",
+     {"max_label_chars": 8}, Reason.field_too_long, ["'label'", "9", "8"]),
     ("int_label", _json(id="1", text="hi", label=3), "feedback", {}, Reason.wrong_type,
      ["'label'", "int"]),
     ("list_label", _json(id="1", text="hi", label=["x"]), "feedback", {}, Reason.wrong_type,
@@ -282,5 +287,36 @@ def test_dead_letter_serialises_to_plain_json():
         "payload": '{"text": 5}', "payload_encoding": "utf-8", "topic": "market-in",
         "partition": 1, "offset": 99, "reason": "wrong_type",
         "message": "field 'text' must be a string", "ts": 2.5,
+        "payload_truncated": False, "payload_bytes": 11,
+        "payload_sha256": hashlib.sha256(b'{"text": 5}').hexdigest(),
         "schema_version": SCHEMA_VERSION,
     }
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id": "x", "text": "' + b"a" * 300_000 + b'"}',            # ASCII
+    ('{"id": "x", "text": "' + "\u00e9\u4e2d\U0001f600" * 40_000 + '"}').encode(),  # 2-4 bytes/char
+    b'"' + b"\x01\x1f\"\\" * 80_000 + b'"',                         # every char JSON-escaped
+    bytes(range(256)) * 2000,                                      # not UTF-8: base64
+], ids=["ascii", "multibyte", "escaped", "base64"])
+def test_dead_letter_never_exceeds_the_bound(raw):
+    bound = 64 * 1024
+    letter = dead_letter(raw, topic="t", partition=3, offset=12, reason=Reason.payload_too_large,
+                         message="m", ts=1.0, max_bytes=bound)
+    size = len(letter.dumps())
+    assert size <= bound
+    assert size > bound * 0.9            # cut close to the bound, not far below it
+    assert letter.payload_truncated and letter.payload_bytes == len(raw)
+    assert letter.payload_sha256 == hashlib.sha256(raw).hexdigest()
+    assert (letter.topic, letter.partition, letter.offset) == ("t", 3, 12)
+    back = DeadLetter.loads(letter.dumps())
+    if back.payload_encoding == "base64":
+        assert raw.startswith(base64.b64decode(back.payload))
+    else:
+        assert raw.decode().startswith(back.payload)
+
+
+def test_small_dead_letter_is_not_cut():
+    letter = dead_letter(b"x" * 1000, topic="t", partition=0, offset=0,
+                         reason=Reason.invalid_json, message="m", ts=1.0, max_bytes=4096)
+    assert not letter.payload_truncated and letter.payload == "x" * 1000
