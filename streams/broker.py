@@ -63,11 +63,16 @@ class EmbeddedBroker:
     """
 
     def __init__(self, port: int | None = None, *, host: str = "127.0.0.1",
-                 ready_timeout: float = 30.0, log_path: str | Path | None = None):
+                 ready_timeout: float = 30.0, log_path: str | Path | None = None,
+                 schema_dir: str | Path | None = None):
         self.host = host
         self.port = port
         self.ready_timeout = ready_timeout
         self.log_path = log_path
+        # Tansu validates records of topic T against <schema_dir>/T.json (JSON schema over
+        # {"key", "value"}) and refuses the ones that fail: fault tests use it to make a
+        # broker refuse writes to one topic. Schemas are read once per topic and cached.
+        self.schema_dir = Path(schema_dir) if schema_dir is not None else None
         self._proc: subprocess.Popen | None = None
         self._log_file = None
 
@@ -89,6 +94,12 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [broker_binary(), "broker", "--listener-url", url,
                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        cwd = None
+        if self.schema_dir is not None:
+            # Tansu resolves file:// URLs against its working directory.
+            self.schema_dir.mkdir(parents=True, exist_ok=True)
+            cwd = str(self.schema_dir.parent)
+            cmd += ["--schema-registry", f"file://./{self.schema_dir.name}"]
         if self.log_path is None:
             fd, path = tempfile.mkstemp(prefix="tansu-", suffix=".log")
             os.close(fd)
@@ -96,7 +107,7 @@ class EmbeddedBroker:
         self._log_file = open(self.log_path, "ab")
         log.info("starting embedded broker on %s (log: %s)", url, self.log_path)
         self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
         self._wait_ready()
         return self
 

@@ -266,6 +266,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RepeatFilter(logging.Filter):
+    """Lets a log message through once per ``every`` seconds (by its template and args).
+
+    >>> f = RepeatFilter(60.0)
+    >>> rec = logging.LogRecord("x", logging.ERROR, "", 0, "Topic %s not found", ("t",), None)
+    >>> f.filter(rec), f.filter(rec)
+    (True, False)
+    """
+
+    def __init__(self, every: float) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[tuple, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        key = (record.msg, str(record.args))
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) < self.every:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -273,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python narrates every connection at INFO; keep its warnings and errors.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.root.level))
+    # aiokafka logs "Topic X not found in cluster metadata" every 100 ms while it waits for a
+    # missing topic; once per topic and 10 s says the same (streams/outputs.py counts them).
+    logging.getLogger("aiokafka.cluster").addFilter(RepeatFilter(10.0))
     try:
         return args.func(args)
     except SettingsError as exc:

@@ -16,6 +16,11 @@ one's *original payload bytes* to the source topic it came from. It is idempoten
 An event that fails again gets a new dead letter (new coordinates: its re-published offset),
 which a later replay may re-drive once more. Only the worker's source topics are written to.
 
+A dead letter whose payload was cut to the output bound (``payload_truncated``) is never
+re-published as cut: the original record is read again at its source coordinates and
+checked against ``payload_sha256``; when the source topic no longer retains it (or holds
+other bytes there), the replay counts it as ``not retained`` / ``mismatch`` and leaves it.
+
 >>> parse_since("1796029200", now=0.0), parse_since("90m", now=6000.0)
 (1796029200.0, 600.0)
 >>> parse_since("2026-11-30T09:00:00Z", now=0.0)
@@ -83,6 +88,9 @@ class DeadLetterEntry:
     offset: int
     reason: str
     ts: float
+    truncated: bool = False       # payload is a cut prefix; the original is at the coordinates
+    original_bytes: int | None = None
+    original_sha256: str | None = None
 
     @property
     def key(self) -> str:
@@ -108,8 +116,18 @@ def decode_dead_letter(value: bytes | None) -> DeadLetterEntry:
             raw = base64.b64decode(payload, validate=True)
         else:
             raise ValueError(f"unknown payload_encoding {encoding!r}")
+        truncated = d.get("payload_truncated", False)
+        if type(truncated) is not bool:
+            raise ValueError("payload_truncated is not a boolean")
+        sha = d.get("payload_sha256") or None
+        size = d.get("payload_bytes")
+        if truncated and (type(sha) is not str or len(sha) != 64):
+            raise ValueError("a truncated dead letter needs its payload_sha256")
         entry = DeadLetterEntry(payload=raw, topic=d["topic"], partition=d["partition"],
-                                offset=d["offset"], reason=d["reason"], ts=float(d["ts"]))
+                                offset=d["offset"], reason=d["reason"], ts=float(d["ts"]),
+                                truncated=truncated,
+                                original_bytes=size if type(size) is int else None,
+                                original_sha256=sha)
     except (KeyError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
         raise ValueError(f"not a dead letter: {type(exc).__name__}: {exc}") from None
     if not (type(entry.topic) is str and type(entry.partition) is int
@@ -141,13 +159,16 @@ class ReplayReport:
     not_selected: int = 0     # skipped by the filters
     unreadable: int = 0       # not a dead-letter record
     unknown_topic: int = 0    # selected, skipped: the source topic is not one of the worker's
+    not_retained: int = 0     # truncated, skipped: the source topic no longer holds the original
+    mismatch: int = 0         # truncated, skipped: other bytes at the coordinates (topic recreated?)
     failed: int = 0           # the broker did not acknowledge the re-published event
     dry_run: bool = False
     by_reason: dict[str, int] = field(default_factory=dict)  # republished per reason
 
     @property
     def skipped(self) -> int:
-        return self.already_replayed + self.not_selected + self.unreadable + self.unknown_topic
+        return (self.already_replayed + self.not_selected + self.unreadable + self.unknown_topic
+                + self.not_retained + self.mismatch)
 
     def summary(self) -> str:
         verb = "would republish" if self.dry_run else "republished"
@@ -161,6 +182,10 @@ class ReplayReport:
             f"not selected {self.not_selected}, unreadable {self.unreadable}, "
             f"unknown topic {self.unknown_topic})",
         ]
+        if self.not_retained or self.mismatch:
+            lines.append(f"originals     {self.not_retained} not retained, {self.mismatch} "
+                         f"mismatched  (truncated dead letters: their original is not at its "
+                         f"source coordinates any more; a cut payload is never re-published)")
         if self.failed:
             lines.append(f"failed        {self.failed}  (not acknowledged; run again)")
         return "\n".join(lines)
@@ -219,6 +244,59 @@ def read_topic(bootstrap: str, topic: str, *, client_kwargs: Mapping[str, Any],
         consumer.close()
 
 
+class SourceReader:
+    """Reads single records back at their coordinates (no consumer group): the originals of
+    truncated dead letters. ``get`` returns None when the topic no longer retains the record."""
+
+    def __init__(self, bootstrap: str, *, client_kwargs: Mapping[str, Any],
+                 timeout_s: float = 30.0) -> None:
+        self._bootstrap = bootstrap
+        self._kwargs = dict(client_kwargs)
+        self._timeout_s = timeout_s
+        self._consumer = None
+
+    def _open(self):
+        if self._consumer is None:
+            from kafka import KafkaConsumer
+
+            supported = getattr(KafkaConsumer, "DEFAULT_CONFIG", {"allow_auto_create_topics": True})
+            no_create = ({"allow_auto_create_topics": False}
+                         if "allow_auto_create_topics" in supported else {})
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
+                auto_offset_reset="none", client_id="streamlearner-dlq",
+                # Originals may be far larger than Kafka's 1 MB default fetch size.
+                max_partition_fetch_bytes=64 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+                **no_create, **self._kwargs)
+        return self._consumer
+
+    def get(self, topic: str, partition: int, offset: int) -> bytes | None:
+        from kafka import TopicPartition
+
+        consumer = self._open()
+        if partition not in (consumer.partitions_for_topic(topic) or set()):
+            return None
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        start = consumer.beginning_offsets([tp]).get(tp, 0)
+        if offset < start:
+            return None
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + self._timeout_s
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500, max_records=1).values():
+                for rec in records:
+                    return rec.value if rec.offset == offset else None
+            if consumer.position(tp) > offset:   # compacted or deleted: skipped past it
+                return None
+        return None
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
 def ensure_topic(bootstrap: str, topic: str, *, client_kwargs: Mapping[str, Any],
                  replication_factor: int = 1) -> None:
     """Create the (compacted, one-partition) marker topic if it is missing."""
@@ -241,15 +319,48 @@ def ensure_topic(bootstrap: str, topic: str, *, client_kwargs: Mapping[str, Any]
         admin.close()
 
 
-def make_producer(bootstrap: str, *, client_kwargs: Mapping[str, Any]):
+def make_producer(bootstrap: str, *, client_kwargs: Mapping[str, Any],
+                  max_request_size: int = 1_048_576):
     from kafka import KafkaProducer
 
     # Idempotence off: it needs broker support; duplicates are handled by markers and dedup.
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5,
-                         client_id="streamlearner-dlq", **dict(client_kwargs))
+                         client_id="streamlearner-dlq", max_request_size=max_request_size,
+                         **dict(client_kwargs))
 
 
 # -- the re-drive -------------------------------------------------------------------------------
+
+def _restore_originals(bootstrap: str, todo: list[DeadLetterEntry], report: ReplayReport, *,
+                       client_kwargs: Mapping[str, Any], timeout_s: float
+                       ) -> list[DeadLetterEntry]:
+    """Swap each truncated payload for the original read at its coordinates; drop (and
+    count) those whose original is gone or differs."""
+    import dataclasses
+    import hashlib
+
+    reader = SourceReader(bootstrap, client_kwargs=client_kwargs, timeout_s=timeout_s)
+    kept: list[DeadLetterEntry] = []
+    try:
+        for entry in todo:
+            if not entry.truncated:
+                kept.append(entry)
+                continue
+            original = reader.get(entry.topic, entry.partition, entry.offset)
+            if original is None:
+                report.not_retained += 1
+                log.warning("dead letter %s is truncated and %s no longer retains the original; "
+                            "not re-published", entry.key, entry.topic)
+            elif hashlib.sha256(original).hexdigest() != entry.original_sha256:
+                report.mismatch += 1
+                log.warning("dead letter %s: the record at its coordinates is not the original "
+                            "(SHA-256 differs: topic recreated?); not re-published", entry.key)
+            else:
+                kept.append(dataclasses.replace(entry, payload=original, truncated=False))
+    finally:
+        reader.close()
+    return kept
+
 
 def replay(bootstrap: str, *, dead_letter_topic: str, source_topics: Iterable[str],
            select: ReplayFilter = ReplayFilter(), dry_run: bool = False,
@@ -300,6 +411,10 @@ def replay(bootstrap: str, *, dead_letter_topic: str, source_topics: Iterable[st
         done.add(entry.key)  # the same source record dead-lettered twice: once is enough
         todo.append(entry)
 
+    if any(e.truncated for e in todo):
+        todo = _restore_originals(bootstrap, todo, report, client_kwargs=kwargs,
+                                  timeout_s=timeout_s)
+
     for entry in todo:
         report.republished += 1
         report.by_reason[entry.reason] = report.by_reason.get(entry.reason, 0) + 1
@@ -309,7 +424,9 @@ def replay(bootstrap: str, *, dead_letter_topic: str, source_topics: Iterable[st
         return report
 
     ensure_topic(bootstrap, markers, client_kwargs=kwargs, replication_factor=replication_factor)
-    producer = make_producer(bootstrap, client_kwargs=kwargs)
+    largest = max(len(e.payload) for e in todo)
+    producer = make_producer(bootstrap, client_kwargs=kwargs,
+                             max_request_size=max(1_048_576, largest + 64 * 1024))
     try:
         partitions = {t: producer.partitions_for(t) or set() for t in {e.topic for e in todo}}
         # Re-publish everything, wait for every acknowledgement, then write the markers: a

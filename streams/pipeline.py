@@ -133,6 +133,7 @@ class Pipeline:
         self._draining = False
         self._last_batch = time.monotonic()
         self._stage = "internal"
+        self._batch_events = 0            # events of the batch being handled
         self._checkpoint_failures = 0     # consecutive
         self.failure: PipelineFailed | None = None
         self.on_failure: Callable[[PipelineFailed], Any] | None = None  # the worker stops
@@ -148,15 +149,16 @@ class Pipeline:
             return self.failure
         self.failure = PipelineFailed(stage, exc)
         self.metrics.batch_failures.labels(stage=stage).inc()
+        waiting = self._pending_events + self._batch_events
         if isinstance(exc, OutputError):
             log.error("output topic %r refuses delivery (%s: %s); stopping without "
-                      "acknowledging this batch or anything after it (%d events since the last "
-                      "checkpoint will be redelivered after a restart, once the cause is fixed)",
-                      exc.topic, exc.reason, exc.cause, self._pending_events)
+                      "acknowledging this batch or anything after it: the %d events consumed "
+                      "since the last checkpoint are redelivered after a restart, once the "
+                      "cause is fixed", exc.topic, exc.reason, exc.cause, waiting)
         else:
             log.error("%s failed (%s: %s); stopping without acknowledging this batch or anything "
-                      "after it (%d events since the last checkpoint will be redelivered after "
-                      "a restart)", stage, type(exc).__name__, exc, self._pending_events,
+                      "after it: the %d events consumed since the last checkpoint are "
+                      "redelivered after a restart", stage, type(exc).__name__, exc, waiting,
                       exc_info=exc)
         self._pending = []   # never acked: their events come back after the restart
         self._dirty = False  # nothing of the failed batch may reach a checkpoint
@@ -302,6 +304,7 @@ class Pipeline:
                 return BatchReport(refused=True)
             self._in_batch = True
             self._stage = "decode"
+            self._batch_events = len(batch)
             try:
                 report = await self._handle(task, batch)
             except Exception as exc:
@@ -309,6 +312,7 @@ class Pipeline:
                 return BatchReport(refused=True, failed=True)
             finally:
                 self._in_batch = False
+                self._batch_events = 0
             self._last_batch = time.monotonic()
             try:
                 await self._settle(ack, len(batch))

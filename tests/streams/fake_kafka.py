@@ -31,6 +31,7 @@ class FakeKafka:
     topics: dict[str, list[list[Record]]] = field(default_factory=dict)
     clients: list[tuple[str, dict]] = field(default_factory=list)
     fail_sends: set = field(default_factory=set)  # (topic, payload) pairs whose send fails
+    log_start: dict = field(default_factory=dict)  # (topic, partition) -> first retained offset
     end_offsets_short_by: int = 0  # like Tansu: ListOffsets(latest) below the high-water mark
 
     def create(self, topic: str, partitions: int = 1) -> None:
@@ -64,7 +65,13 @@ class FakeKafka:
 
             def seek_to_beginning(self, *tps):
                 for tp in tps:
-                    self._pos[tp] = 0
+                    self._pos[tp] = fake.log_start.get((tp.topic, tp.partition), 0)
+
+            def seek(self, tp, offset):
+                self._pos[tp] = offset
+
+            def beginning_offsets(self, tps):
+                return {tp: fake.log_start.get((tp.topic, tp.partition), 0) for tp in tps}
 
             def end_offsets(self, tps):
                 ends = {tp: len(fake.topics[tp.topic][tp.partition]) for tp in tps}
@@ -79,6 +86,7 @@ class FakeKafka:
             def poll(self, timeout_ms=0, max_records=500):
                 out = {}
                 for tp, pos in self._pos.items():
+                    pos = max(pos, fake.log_start.get((tp.topic, tp.partition), 0))
                     batch = fake.topics[tp.topic][tp.partition][pos:pos + max_records]
                     if batch:
                         out[tp] = batch

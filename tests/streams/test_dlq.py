@@ -216,3 +216,61 @@ def test_cli_replay_with_filters_and_summary(fake, monkeypatch, capsys):
 def test_cli_bad_since_is_a_usage_error(fake, capsys):
     assert main(["dlq", "replay", "--since", "last week", "--bootstrap", "b:1"]) == 2
     assert "--since" in capsys.readouterr().err
+
+
+def _truncated(fake, original: bytes, *, offset: int, bound: int = 4096):
+    """A payload_too_large dead letter of ``original``, cut to ``bound`` bytes."""
+    rec = dead_letter(original, topic=FB, partition=0, offset=offset,
+                      reason=Reason.payload_too_large, message="m", ts=1000.0, max_bytes=bound)
+    assert rec.payload_truncated
+    fake.append(DLQ, rec.dumps(serializer="json"), key=f"{FB}:0:{offset}".encode())
+
+
+def test_truncated_dead_letter_replays_the_original_read_at_its_coordinates(fake):
+    big = b'{"id": "big-1", "text": "' + b"y" * 50_000 + b'"}'
+    other = b'{"id": "o", "text": "ok"}'
+    fake.append(FB, other)                 # offset 0
+    fake.append(FB, big)                   # offset 1: the original
+    _truncated(fake, big, offset=1)
+    report = run()
+    assert (report.republished, report.not_retained, report.mismatch) == (1, 0, 0)
+    assert fake.records(FB)[-1].value == big          # the whole original, not the cut prefix
+    producer_kw = fake.kwargs_of("KafkaProducer")[-1]
+    assert producer_kw["max_request_size"] >= len(big)
+
+
+def test_truncated_dead_letter_whose_original_is_gone_is_reported_not_published(fake):
+    big = b'{"id": "big-2", "text": "' + b"z" * 50_000 + b'"}'
+    fake.append(FB, big)                   # offset 0 ...
+    fake.append(FB, b'{"id": "later", "text": "x"}')
+    fake.log_start[(FB, 0)] = 1            # ... deleted by retention
+    _truncated(fake, big, offset=0)
+    before = len(fake.records(FB))
+    report = run()
+    assert (report.selected, report.republished, report.not_retained) == (1, 0, 1)
+    assert len(fake.records(FB)) == before and "not retained" in report.summary()
+    dry = run(dry_run=True)
+    assert (dry.republished, dry.not_retained) == (0, 1)
+
+
+def test_truncated_dead_letter_with_other_bytes_at_its_coordinates_is_a_mismatch(fake):
+    big = b'{"id": "big-3", "text": "' + b"w" * 50_000 + b'"}'
+    fake.append(FB, b'{"id": "someone else", "text": "recreated topic"}')   # offset 0
+    _truncated(fake, big, offset=0)
+    report = run()
+    assert (report.republished, report.mismatch) == (0, 1)
+    assert len(fake.records(FB)) == 1
+
+
+def test_decode_reads_the_truncation_fields():
+    rec = dead_letter(b"q" * 10_000, topic=FB, partition=2, offset=9,
+                      reason=Reason.payload_too_large, message="m", ts=5.0, max_bytes=4096)
+    entry = decode_dead_letter(rec.dumps(serializer="json"))
+    assert entry.truncated and entry.original_bytes == 10_000 and len(entry.original_sha256) == 64
+    legacy = orjson.dumps({"payload": "x", "topic": FB, "partition": 0, "offset": 1,
+                           "reason": "invalid_json", "ts": 1.0})
+    assert not decode_dead_letter(legacy).truncated     # dead letters from before the bound
+    with pytest.raises(ValueError):
+        decode_dead_letter(orjson.dumps({"payload": "x", "topic": FB, "partition": 0,
+                                         "offset": 1, "reason": "r", "ts": 1.0,
+                                         "payload_truncated": True}))

@@ -337,3 +337,43 @@ def test_megabyte_payloads_are_rejected_by_size_before_parsing():
     with pytest.raises(RejectedEvent) as info:
         decode_event(raw, task="feedback", received_at=0.0, max_payload_bytes=2 * MB)
     assert info.value.reason is Reason.text_too_long
+
+
+# --- payloads past the producer's request limit (issue #11) ------------------------------------
+
+PRODUCER_LIMIT = 1_048_576                  # KAFKA_MAX_REQUEST_BYTES default
+OUTPUT_BOUND = 256 * 1024                   # STREAM_DEAD_LETTER_MAX_BYTES default
+big_payloads = st.builds(
+    lambda unit, size, wrap: (b'{"id": "big", "text": "' + unit * (size // max(1, len(unit)))
+                              + b'"}') if wrap else (unit * (size // max(1, len(unit)) + 1))[:size],
+    st.sampled_from([b"a", "\u00e9".encode(), "\U0001f600".encode(), b"\x00\x1f\"\\",
+                     b"\xff\xfe", b"<b>&amp;</b> ", bytes(range(256))]),
+    st.integers(min_value=0, max_value=3 * PRODUCER_LIMIT),
+    st.booleans())
+
+
+@settings(max_examples=max(20, FUZZ_EXAMPLES // 10), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(big_payloads)
+@example(b"x" * (PRODUCER_LIMIT + 1))
+@example(b'{"id": "big", "text": "' + b"\\u0000" * 300_000 + b'"}')
+def test_any_payload_size_gives_a_dead_letter_within_the_output_bound(raw):
+    try:
+        decode_event(raw, task="feedback", received_at=0.0)   # worker defaults
+        return                                                # small and valid: no dead letter
+    except RejectedEvent as exc:
+        reason, message = exc.reason, exc.message
+    record = dead_letter(raw, topic="t", partition=0, offset=1, reason=reason, message=message,
+                         ts=0.0, max_bytes=OUTPUT_BOUND)
+    encoded = record.dumps(serializer="json")
+    assert len(encoded) <= OUTPUT_BOUND < PRODUCER_LIMIT
+    data = orjson.loads(encoded)
+    payload = data["payload"]
+    back = (base64.b64decode(payload, validate=True) if data["payload_encoding"] == "base64"
+            else payload.encode("utf-8"))
+    assert data["payload_bytes"] == len(raw)
+    assert data["payload_sha256"] == __import__("hashlib").sha256(raw).hexdigest()
+    if data["payload_truncated"]:
+        assert raw.startswith(back) and len(back) < len(raw)
+    else:
+        assert back == raw
