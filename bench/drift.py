@@ -14,7 +14,7 @@ Setup: the bundled MiniLM encoder frozen, embeddings computed once and cached un
 ``var/cache/drift``; the online learner is a nearest-class-mean classifier on those
 embeddings (prequential: predict, then learn each labeled event). The detectors are the
 worker's own (:mod:`monitoring.drift`) with the worker's default settings
-(:class:`~streams.settings.DriftConfig`); each runs independently here, resetting only itself
+(:class:`~streamlearner.settings.DriftConfig`); each runs independently here, resetting only itself
 on a detection, so that every detector gets its own delay.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from monitoring.drift import ConceptDrift, EmbeddingDrift, LabelShift
-from streams.settings import DriftConfig
+from lifecycle.config import DriftConfig
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,10 +39,20 @@ def train_stream(learner, task: str, rows: list[tuple[str, str]], batch_size: in
             bar.update(len(chunk))
 
 
-def prob_of(learner, task: str, texts: list[str], label: str) -> list[float]:
-    from learner.serving import predict_proba
+def prob_of(model, task: str, texts: list[str], label: str) -> list[float]:
+    """p(label | text) from a learner or a serving snapshot (what /explain explains)."""
+    import torch
 
-    return [p[label] for p in predict_proba(learner, task, texts)]
+    labels = model.labels(task)
+    net = model.model
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            probs = net.head(task)(net.encode(list(texts))).float().softmax(-1)   # (B, N)
+    finally:
+        net.train(was_training)
+    return probs[:, labels.index(label)].tolist()
 
 
 def main(argv: list[str] | None = None) -> int:

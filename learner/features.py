@@ -90,6 +90,23 @@ class FeatureCache:
                 recent.popitem(last=False)
         return torch.stack([found[t] for t in texts])
 
+    def offer(self, texts: Sequence[str], features: torch.Tensor) -> None:
+        """Keep ``features`` (B, H) of ``texts`` as recent ones: features computed elsewhere
+        with the same frozen encoder (the serving copy that just predicted them), so that
+        learning and embedding them costs no encoder pass here."""
+        texts = list(texts)
+        if len(texts) != len(features):
+            raise ValueError(f"texts and features differ in length: {len(texts)} != {len(features)}")
+        if not self.recent_capacity:
+            return
+        recent = self._recent
+        for t, f in zip(texts, features):
+            if t not in self._pinned and t not in self._cached:
+                recent[t] = f.detach().float().cpu()
+                recent.move_to_end(t)
+        while len(recent) > self.recent_capacity:
+            recent.popitem(last=False)
+
     def pin(self, texts: Sequence[str], features: torch.Tensor | None = None) -> None:
         """Keep features of ``texts`` for good (given, or encoded now when None)."""
         texts = list(texts)

@@ -281,3 +281,160 @@ def fetch(record: VersionRecord, store: ModelStore | None = None) -> bytes:
     except Exception as exc:
         raise ArtifactError("unreadable", f"cannot read {record.uri}: {type(exc).__name__}: "
                                           f"{exc}") from None
+
+
+class VersionPublisher:
+    """Publishes the trainer's model versions.
+
+    ``local`` (the all-in-one worker's serving copy) gets every version as an
+    :class:`Artifact`, inline in the batch path: right after each update in head mode (a copy
+    of the heads, so the next batch is predicted by the version that learned the last one) and
+    at the cadence in lora/full mode. ``send`` (the model-versions topic, through an
+    ``Output``) gets a :class:`VersionRecord` at the cadence, its artifact in ``store`` or
+    inline — in a background task, never on the batch path: a slow store or topic never slows
+    learning. One publication runs at a time; the next one starts once it is done and due
+    again. A failed publication is logged and counted, and the next one supersedes it:
+    versions are derived state, no event is lost with one.
+    """
+
+    def __init__(self, config, *, trainer_id: str, thread, metrics=None,
+                 store: ModelStore | None = None, send=None, local=None) -> None:
+        self.config = config
+        self.trainer_id = trainer_id
+        self.thread = thread
+        self.metrics = metrics
+        self.store = store
+        self.send = send          # async (key: str, value: bytes) -> None
+        self.local = local        # async (artifact: Artifact, published_ts: float) -> None
+        self.sequence = 0         # of the last record published (0: none yet)
+        self.published_version: int | None = None
+        self.last_record: VersionRecord | None = None
+        self._last_publish = float("-inf")
+        self._last_local = float("-inf")
+        self._updates = 0         # since the last topic publication
+        self._local_updates = 0   # since the last local refresh
+        self._task = None         # the publication in flight
+        self._queued = None       # an announcement waiting for it
+
+    # -- state (travels in the trainer's checkpoints) --------------------------------------
+    def state_dict(self) -> dict:
+        return {"sequence": self.sequence}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sequence = max(self.sequence, int(state.get("sequence", 0)))
+
+    def resume_after(self, record: VersionRecord | None) -> None:
+        """Continue after the newest record already on the topic (it may be newer than the
+        restored checkpoint: published before a crash)."""
+        if record is not None and record.trainer == self.trainer_id:
+            self.sequence = max(self.sequence, record.sequence)
+            self.last_record = record
+
+    # -- publishing -----------------------------------------------------------------------
+    def _due(self, last: float, updates: int) -> bool:
+        cfg = self.config
+        if time.monotonic() - last >= cfg.publish_every_s:
+            return True
+        return cfg.publish_every_updates > 0 and updates >= cfg.publish_every_updates
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def after_update(self, learner: "Learner") -> None:
+        """Call after each applied update, in the batch path (under the trainer's lock)."""
+        self._updates += 1
+        self._local_updates += 1
+        if self.local is not None and (learner.config.frozen
+                                       or self._due(self._last_local, self._local_updates)):
+            await self.refresh_local(learner)
+        if self.send is not None and not self.busy and self._due(self._last_publish,
+                                                                   self._updates):
+            self._start(learner, "update")
+
+    async def refresh_local(self, learner: "Learner") -> None:
+        artifact = await self.thread.run(artifact_from_learner, learner)
+        await self.local(artifact, time.time())
+        self._last_local = time.monotonic()
+        self._local_updates = 0
+
+    async def announce(self, learner: "Learner", kind: str = "update",
+                       probe_accuracy: dict[str, float] | None = None) -> None:
+        """Publish now, whatever the cadence (start, rollback): the local copy at once, the
+        topic after any publication in flight (awaited: a rollback must reach replicas)."""
+        if self.local is not None:
+            await self.refresh_local(learner)
+        if self.send is not None:
+            if self.busy:   # after the one in flight, never instead of it
+                self._queued = (learner, kind, probe_accuracy)
+            else:
+                self._start(learner, kind, probe_accuracy)
+
+    async def flush(self, learner: "Learner") -> None:
+        """Publish the live version if the topic has not seen it (idle, drain)."""
+        if self.send is not None and not self.busy and \
+                self.published_version != learner.model_version:
+            self._start(learner, "update")
+
+    async def wait(self) -> None:
+        """Until the publication in flight (if any) is done."""
+        import asyncio
+
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def _start(self, learner: "Learner", kind: str,
+               probe_accuracy: dict[str, float] | None = None) -> None:
+        import asyncio
+
+        self._updates = 0
+        self._last_publish = time.monotonic()
+        self._task = asyncio.ensure_future(self._publish(learner, kind, probe_accuracy))
+
+    async def _publish(self, learner: "Learner", kind: str,
+                       probe_accuracy: dict[str, float] | None) -> VersionRecord | None:
+        import asyncio
+
+        try:
+            return await self._publish_once(learner, kind, probe_accuracy)
+        finally:
+            queued, self._queued = self._queued, None
+            if queued is not None:
+                self._start(*queued)
+
+    async def _publish_once(self, learner: "Learner", kind: str,
+                            probe_accuracy: dict[str, float] | None) -> VersionRecord | None:
+        import asyncio
+
+        started = time.perf_counter()
+        try:
+            artifact = await self.thread.run(artifact_from_learner, learner)
+            data = await self.thread.run(encode_artifact, artifact)
+            self.sequence += 1
+            record = await asyncio.to_thread(
+                make_record, trainer=self.trainer_id, sequence=self.sequence,
+                learner_version=artifact.version, kind=kind, mode=artifact.mode,
+                base_model=artifact.base_model, labels=artifact.labels, data=data,
+                store=self.store, inline_max_bytes=self.config.inline_max_bytes,
+                probe_accuracy=probe_accuracy)
+            await self.send(self.trainer_id, record.to_json())
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.publish_failures.inc()
+            log.exception("publishing model version %d failed; the next publication "
+                          "supersedes it", learner.model_version)
+            return None
+        self.published_version = record.version
+        self.last_record = record
+        if self.metrics is not None:
+            self.metrics.publish_duration.observe(time.perf_counter() - started)
+            self.metrics.artifact_bytes.set(record.size)
+            self.metrics.published_version.set(record.version)
+        if self.store is not None and record.uri is not None:
+            try:
+                await asyncio.to_thread(self.store.prune, self.config.keep)
+            except Exception:
+                log.warning("pruning the model store failed", exc_info=True)
+        log.debug("published model version %d (sequence %d, %d bytes, %s)", record.version,
+                  record.sequence, record.size, "inline" if record.inline else record.uri)
+        return record

@@ -27,8 +27,11 @@ OUTCOMES = ("accepted", "invalid", "duplicate")
 # monitoring is handed numbers and must not import the stream room).
 OUTPUT_REASONS = ("timeout", "unavailable", "unknown_topic", "too_large", "authorization",
                   "refused", "broker_error", "serialization", "error")
-# Where a batch failed when it stopped the worker (streams/pipeline.py).
+# Where a batch failed when it stopped the worker (streams/acks.py).
 FAILURE_STAGES = ("decode", "predict", "publish", "learn", "checkpoint", "ack", "internal")
+# Why a replica refused a published model version (serving/follower.py).
+REFUSALS = ("format", "base_model", "mode", "checksum", "unreadable", "stale")
+_STALENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 DRIFT_DETECTORS = (("concept", "adwin"), ("data", "mmd"), ("label", "chi2"))
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -205,6 +208,39 @@ class Metrics:
             "streamlearner_stream_batch_failures_total",
             "Micro-batches that stopped the worker unacknowledged, by the stage that failed.",
             ["stage"], registry=r)
+        # Serving replicas and the trainer (the split roles; the worker has both).
+        self.serve_model_version = Gauge("streamlearner_serve_model_version",
+                                         "Model version this process serves.", registry=r)
+        self.serve_staleness = Histogram(
+            "streamlearner_serve_model_staleness_seconds",
+            "Time from the trainer publishing a version to this process serving it.",
+            buckets=_STALENESS_BUCKETS, registry=r)
+        self.serve_swaps = Counter("streamlearner_serve_swaps_total",
+                                   "Model versions swapped in.", registry=r)
+        self.serve_refused = Counter(
+            "streamlearner_serve_refused_artifacts_total",
+            "Published model versions refused (the previous one keeps serving), by reason.",
+            ["reason"], registry=r)
+        self.request_duration = Histogram(
+            "streamlearner_serve_request_duration_seconds",
+            "Wall time of an HTTP prediction or explanation request.", ["endpoint"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.publish_duration = Histogram(
+            "streamlearner_train_publish_duration_seconds",
+            "Wall time of publishing one model version (artifact, store, record).",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.artifact_bytes = Gauge("streamlearner_train_artifact_bytes",
+                                    "Size of the last published model artifact.", registry=r)
+        self.published_version = Gauge("streamlearner_train_published_version",
+                                       "Model version last published.", registry=r)
+        self.publish_failures = Counter(
+            "streamlearner_train_publish_failures_total",
+            "Model versions that could not be published (the next one supersedes them).",
+            registry=r)
+        self.duplicate_samples = Counter(
+            "streamlearner_train_duplicate_samples_total",
+            "Samples dropped by the trainer because the model already holds their id "
+            "(a replica's redelivery).", ["task"], registry=r)
         self._drift_detectors = tuple(drift_detectors)
         self._lag_labels: set[tuple[str, str]] = set()
         self._window = prequential_window
@@ -222,10 +258,15 @@ class Metrics:
                 self.output_retries.labels(topic=topic, reason=reason)
         for stage in FAILURE_STAGES:
             self.batch_failures.labels(stage=stage)
+        for reason in REFUSALS:
+            self.serve_refused.labels(reason=reason)
+        for endpoint in ("predict", "explain"):
+            self.request_duration.labels(endpoint=endpoint)
         for task in tasks:
             self.init_task(task)
 
     def init_task(self, task: str) -> None:
+        self.duplicate_samples.labels(task=task)
         for child in (self.repeat_texts, self.predictions, self.updates, self.update_failures,
                       self.loss, self.prequential_accuracy, self.memory_samples, self.labels):
             child.labels(task=task)

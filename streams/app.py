@@ -1,21 +1,22 @@
-"""Builds the Faust app of one worker: source topics, agents, output topics, ``/metrics``.
+"""The Faust app every role runs on: Kafka clients, the web server with ``/metrics`` and
+``/healthz``, output topics behind :class:`~streams.outputs.Output`, the consumer-lag timer.
 
-No module-level app: :func:`create_app` is called by the worker command and by tests.
+No module-level app: :func:`create_app` is called by the role builders
+(``streamlearner/roles.py``) and by tests; they add their agents, timers and pages.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any, Callable
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.agents.ingest import register_ingest_agent
-from streams.api import register_api
 from streams.outputs import DeliveryPolicy, Output
-from streams.pipeline import Pipeline
-from streams.records import DeadLetter, DriftAlert, ExplanationRecord, ModelEvent, Prediction
-from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.acks import FailStop
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +90,27 @@ def read_lag(consumer, topics: set[str]) -> dict[tuple[str, int], int]:
 
 
 class StreamApp(faust.App):
-    """A Faust app whose agent crashes stop the pipeline first.
+    """A Faust app whose agent crashes stop the batch path first.
 
     Faust answers an exception that escapes an agent by committing the offsets acked so far
     and restarting the agent, which then continues *after* the batch it was processing; the
-    next acks would let the consumer commit past those events. Failing the pipeline first
-    means no ack happens any more: the worker stops and the events are redelivered."""
+    next acks would let the consumer commit past those events. Failing the latch first means
+    no ack happens any more: the role stops and the events are redelivered."""
 
-    pipeline: Pipeline | None = None
+    latch: "FailStop | None" = None
 
     async def _on_agent_error(self, agent, exc: BaseException) -> None:
-        if self.pipeline is not None:
-            self.pipeline.fail("internal", exc)
+        if self.latch is not None:
+            self.latch.fail("internal", exc)
         await super()._on_agent_error(agent, exc)
 
 
-def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None = None) -> faust.App:
+def create_app(settings, *, app_id: str, data_dir: str, registry, latch: "FailStop",
+               health: Callable[[], dict] | None = None) -> StreamApp:
+    """The Faust app of one role (``app_id`` is its consumer group)."""
     k = settings.kafka
     app = StreamApp(
-        k.app_id,
+        app_id,
         broker=[f"kafka://{s}" for s in k.servers.split(",")],
         broker_credentials=_credentials(k),
         value_serializer="raw",
@@ -118,8 +121,8 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         broker_session_timeout=k.session_timeout_s,
         broker_heartbeat_interval=min(3.0, k.session_timeout_s / 3),
         consumer_auto_offset_reset="earliest",
-        # Offsets are acked only once a checkpoint holds their effect (streams/pipeline.py);
-        # a stop or rebalance must not wait for acks that come with the next checkpoint.
+        # Offsets are acked only once their effect is durable (streams/acks.py); a stop or
+        # rebalance must not wait for acks that come with the next checkpoint.
         stream_wait_empty=False,
         producer_acks=-1,
         # Backpressure: at most this many fetched events wait per source partition; beyond
@@ -138,48 +141,11 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         web_port=settings.metrics.port,
         web_bind=settings.metrics.host,
         web_host=settings.metrics.host,
-        datadir=data_dir or f"{settings.checkpoint.dir}/faust",
+        datadir=data_dir,
     )
-    app.pipeline = pipeline
+    app.latch = latch
     if not k.auto_create_topics:
         disable_topic_auto_creation()
-    policy = DeliveryPolicy(retries=settings.stream.output_retries,
-                            backoff_s=settings.stream.output_backoff_s,
-                            backoff_max_s=settings.stream.output_backoff_max_s)
-
-    def output(name: str, value_type) -> Output:
-        topic = app.topic(name, value_type=value_type, key_type=str, key_serializer="raw",
-                          value_serializer="json")
-        return Output(name, lambda key, rec: topic.send(key=key, value=rec),
-                      metrics=pipeline.metrics, policy=policy)
-
-    pipeline.publish_prediction = output(k.predictions_topic, Prediction).publish
-    pipeline.publish_dead_letter = output(k.dead_letter_topic, DeadLetter).publish
-    pipeline.publish_explanation = output(k.explanations_topic, ExplanationRecord).publish
-    pipeline.publish_model_event = output(k.model_events_topic, ModelEvent).publish
-    if pipeline.drift is not None:
-        pipeline.drift.publish = output(k.drift_topic, DriftAlert).publish
-
-    for topic_name, task in k.source_topics().items():
-        source = app.topic(topic_name, value_type=bytes, value_serializer="raw",
-                           key_serializer="raw")
-        register_ingest_agent(app, source, task, pipeline)
-
-    registry = pipeline.metrics.registry
-    sources = set(k.source_topics())
-
-    @app.timer(interval=min(1.0, settings.checkpoint.idle_s))
-    async def flush_idle():
-        # Events wait for a checkpoint before their offsets are committed; when the stream
-        # goes quiet, make them durable now rather than at the next batch.
-        try:
-            await pipeline.flush_if_idle()
-        except Exception as exc:   # a timer that raises would die silently
-            pipeline.fail("checkpoint", exc)
-
-    @app.timer(interval=settings.metrics.lag_interval_s)
-    async def consumer_lag():
-        pipeline.metrics.observe_lag(read_lag(app.consumer, sources))
 
     @app.page("/metrics")
     async def metrics(web, request):
@@ -187,17 +153,45 @@ def create_app(settings: Settings, pipeline: Pipeline, *, data_dir: str | None =
         return web.bytes(generate_latest(registry),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
-    serving = pipeline.serving
-    if serving is not None:
-        register_api(app, pipeline, serving)
-        if serving.serve == "student":
-            @app.timer(interval=settings.serve.reload_interval_s)
-            async def reload_student():
-                # On the model thread: the swap lands between two jobs, never under one.
-                await pipeline.model.run(serving.maybe_reload)
-
     @app.page("/healthz")
     async def healthz(web, request):
-        return web.json({"status": "ok", "model_version": pipeline.learner.model_version})
+        body = {"status": "failed" if latch.failed else "ok"}
+        body.update(health() if health is not None else {})
+        return web.json(body, status=503 if latch.failed else 200)
 
     return app
+
+
+def delivery_policy(stream) -> DeliveryPolicy:
+    return DeliveryPolicy(retries=stream.output_retries, backoff_s=stream.output_backoff_s,
+                          backoff_max_s=stream.output_backoff_max_s)
+
+
+def output(app: faust.App, name: str, *, metrics, policy: DeliveryPolicy,
+           value_type: Any = None) -> Output:
+    """An :class:`Output` for topic ``name``: JSON records of ``value_type``, or raw bytes."""
+    if value_type is None:
+        topic = app.topic(name, key_type=str, key_serializer="raw", value_serializer="raw")
+    else:
+        topic = app.topic(name, value_type=value_type, key_type=str, key_serializer="raw",
+                          value_serializer="json")
+    return Output(name, lambda key, rec: topic.send(key=key, value=rec), metrics=metrics,
+                  policy=policy)
+
+
+def add_lag_timer(app: faust.App, metrics, topics: set[str], interval: float) -> None:
+    @app.timer(interval=interval)
+    async def consumer_lag():
+        metrics.observe_lag(read_lag(app.consumer, topics))
+
+
+def kafka_consumer(kafka, *, client_id: str):
+    """An aiokafka consumer without a group (every replica reads every record), with the
+    worker's security settings: how replicas follow model versions."""
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    auth = credentials_to_aiokafka_auth(_credentials(kafka), None)
+    return AIOKafkaConsumer(bootstrap_servers=kafka.servers.split(","), group_id=None,
+                            enable_auto_commit=False, client_id=client_id,
+                            max_partition_fetch_bytes=4 * 1024 * 1024, **auth)

@@ -57,6 +57,7 @@ class Reason(str, enum.Enum):
     payload_too_large = "payload_too_large"
     invalid_ts = "invalid_ts"
     empty_after_cleaning = "empty_after_cleaning"
+    unknown_task = "unknown_task"
     internal_error = "internal_error"
 
 
@@ -451,3 +452,101 @@ def dead_letter(
     if len(cut) == len(payload) and record_size(record) <= max_bytes:
         return record
     return DeadLetter(payload=cut, payload_truncated=True, **fields)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """An accepted event as the trainer sees it: cleaned, with the prediction that served it
+    and its source coordinates (``timestamp``: the source record's, for freshness)."""
+
+    id: str
+    task: str
+    text: str
+    label: str | None
+    ts: float
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+    predicted: str | None
+    confidence: float
+    model_version: int
+
+
+class SampleRecord(faust.Record, serializer="json", include_metadata=False, coerce=True):
+    """A :class:`Sample` on the samples topic (key: event id), from a serving replica."""
+
+    id: str
+    task: str
+    text: str
+    label: str | None
+    ts: float
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+    predicted: str | None
+    confidence: float
+    model_version: int
+    served_ts: float
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, sample: Sample, served_ts: float) -> "SampleRecord":
+        return cls(served_ts=served_ts,
+                   **{f.name: getattr(sample, f.name) for f in dataclasses.fields(Sample)})
+
+
+_SAMPLE_TYPES = {"id": str, "task": str, "text": str, "ts": float, "topic": str,
+                 "partition": int, "offset": int, "timestamp": float, "confidence": float,
+                 "model_version": int}
+
+
+def decode_sample(raw: bytes | None, *, tasks: set[str] | None = None,
+                  max_text_chars: int = 2000, max_label_chars: int = MAX_LABEL_CHARS) -> Sample:
+    """Validate one samples-topic record (a replica's output: checked all the same, a bad one
+    is a dead letter of the samples topic); raise :class:`RejectedEvent`.
+
+    >>> rec = SampleRecord(id="a", task="feedback", text="hi", label=None, ts=1.0, topic="t",
+    ...                    partition=0, offset=5, timestamp=1.0, predicted=None,
+    ...                    confidence=0.0, model_version=0, served_ts=2.0)
+    >>> decode_sample(rec.dumps(serializer="json")).offset
+    5
+    """
+    if raw is None:
+        raise RejectedEvent(Reason.invalid_json, "payload is empty (null record value)")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RejectedEvent(Reason.invalid_json, f"payload is not valid JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise RejectedEvent(Reason.not_an_object,
+                            f"payload must be a JSON object, got {_type_name(obj)}")
+    values = {}
+    for name, kind in _SAMPLE_TYPES.items():
+        value = obj.get(name)
+        if value is None:
+            raise RejectedEvent(Reason.missing_field, f"field {name!r} is missing")
+        if kind is float:
+            if not _is_number(value):
+                raise _wrong_type(name, "a number", value)
+            value = float(value)
+        elif type(value) is not kind:
+            raise _wrong_type(name, f"a{'n' if kind is int else ''} {kind.__name__}", value)
+        values[name] = value
+    for name in ("label", "predicted"):
+        value = obj.get(name)
+        if value is not None and (type(value) is not str or not value.strip()):
+            raise _wrong_type(name, "a non-empty string or null", value)
+        if value is not None and len(value) > max_label_chars:
+            raise RejectedEvent(Reason.field_too_long, f"field {name!r} is too long")
+        values[name] = value
+    if not values["text"].strip() or not values["id"].strip():
+        raise RejectedEvent(Reason.empty_field, "fields 'id' and 'text' must not be empty")
+    if len(values["text"]) > max_text_chars:
+        raise RejectedEvent(Reason.text_too_long, f"field 'text' has {len(values['text'])} "
+                                                  f"characters, more than {max_text_chars}")
+    if tasks is not None and values["task"] not in tasks:
+        raise RejectedEvent(Reason.unknown_task, f"field 'task' is {values['task']!r}, not "
+                                                 f"one of {sorted(tasks)}")
+    return Sample(**values)

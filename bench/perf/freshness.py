@@ -1,6 +1,6 @@
 """Freshness benchmark: publish → applied update, p50/p95/p99, at ~80% of measured capacity.
 
-A real worker (``streams.worker.build_pipeline`` + ``streams.app.create_app``, default
+A real worker (``streamlearner.roles.build_worker``, default
 settings: head mode, ER-ACE, drift detection on, micro-batches of 32 within 1 s) runs on the
 embedded broker in its own process. Freshness is the pipeline's own measure — the
 ``streamlearner_learner_freshness_seconds`` observation of each trained event, from its
@@ -52,26 +52,24 @@ class _RecordingHistogram:
 
 
 def serve_worker(sink_path: str) -> int:
-    """``streams.worker.run_worker`` with the freshness observations recorded."""
+    """The all-in-one worker role with the freshness observations recorded."""
     import faust
 
-    from streams.app import create_app
-    from streams.settings import Settings
-    from streams.worker import build_pipeline
+    from streamlearner.roles import build_worker
+    from streamlearner.settings import Settings
 
     settings = Settings.from_env()
     os.makedirs(settings.checkpoint.dir, exist_ok=True)
-    pipeline = build_pipeline(settings)
+    role = build_worker(settings)
     sink = open(sink_path, "a", buffering=1)
-    pipeline.metrics.freshness = _RecordingHistogram(pipeline.metrics.freshness, sink)
-    app = create_app(settings, pipeline)
-    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    role.metrics.freshness = _RecordingHistogram(role.metrics.freshness, sink)
+    worker = faust.Worker(role.app, loglevel="warning", quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     except SystemExit:
         pass
     finally:
-        pipeline.model.close()
+        role.close()
         sink.close()
     return 0
 
@@ -120,8 +118,8 @@ def _payloads(texts, labels, start: int, n: int) -> list[bytes]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from streams.broker import EmbeddedBroker, free_port
-    from streams.publish import publish
+    from tools.broker import EmbeddedBroker, free_port
+    from tools.publish import publish
     from streams.topics import create_topics
 
     texts, labels = banking77(seed=args.seed)

@@ -10,11 +10,12 @@ in its own process, with its own consumer group:
 * ``bare_faust``: a Faust agent on raw bytes, ``stream.take(1000, within=1)``, doing nothing;
 * ``bare_faust_events``: the same with ``take_events`` (what the worker's agent uses: it
   needs each event's coordinates for dead letters and acks the batch after the body);
-* ``ingest``: the worker's agent (``take_events``, ``RawEvent``) running the pipeline's
-  per-event stage — ``decode_event``, ``clean_event``, ``Deduplicator.seen_id`` and the
-  events counter — in the order of :meth:`streams.pipeline.Pipeline.handle`;
-* ``pipeline_null_model``: the real ``Pipeline.handle`` with a learner that answers at once
-  and publishes nowhere (its per-event Python cost: prediction records, probes, metrics).
+* ``ingest``: the worker's agent (``take_events``, ``RawEvent``) running the product's
+  admission — :func:`streams.admit.admit` (decode, validate, clean, dedup by id) and the
+  events counter, as :class:`serving.service.Serving` counts it;
+* ``pipeline_null_model``: the real :meth:`serving.service.Serving.handle` with a model that
+  answers at once and outputs that deliver nowhere (its per-event Python cost: admission,
+  prediction records, samples, metrics).
 
 Rounds alternate the order; each consumer's rate is its median over the rounds, counted from
 the end of its first batch to its last event (start-up and group join excluded).
@@ -100,32 +101,29 @@ async def _bare_aiokafka(args, meter: Meter) -> None:
         await consumer.stop()
 
 
-class _NullLearner:
-    """Answers predictions at once and learns nothing (the pipeline's cost without a model)."""
+class _NullSnapshot:
+    """Answers at once, whatever the texts (the serving half's cost without a model)."""
 
     model_version = 0
+    name = "teacher"
 
-    def __init__(self):
-        from learner.memory import ReplayMemory
+    def score(self, task, texts, features=None):
+        import torch
 
-        self.replay = ReplayMemory(capacity=1)
+        from serving.snapshot import Scores
 
-    def predict_many(self, task, texts):
-        from learner.learner import Prediction
-
-        return [Prediction("x", 1.0, 0) for _ in texts]
-
-    def learn_many(self, task, texts, labels):
-        from learner.learner import UpdateStats
-
-        return UpdateStats(0.0, len(texts), 0, 0, 0.0, 0.0)
-
-    def tasks(self):
-        return []
+        return Scores(labels=["x"], probs=torch.ones(len(texts), 1), features=None,
+                      model_version=0)
 
     def labels(self, task):
-        return []
+        return ["x"]
 
+
+class _Inline:
+    """A model thread that runs the job in place (the null model needs no thread hop)."""
+
+    async def run(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
 
 def _faust_app(args):
     import faust
@@ -161,69 +159,54 @@ def _run_faust(args, meter: Meter) -> None:
                     finish()
     else:
         from monitoring.metrics import Metrics
-        from streams.cleaning import clean_event
+        from serving.models import ServedModels
+        from serving.service import Outputs, Serving
+        from streamlearner.settings import Settings
+        from streams.admit import admit
+        from streams.agents.ingest import raw_events
         from streams.dedup import Deduplicator
-        from streams.pipeline import RawEvent
-        from streams.records import Reason, RejectedEvent, decode_event
-        from streams.settings import Settings
+        from streams.records import Reason
 
         settings = Settings.from_env(overrides={"KAFKA_FEEDBACK_TOPIC": args.topic})
         cfg = settings.stream
         metrics = Metrics(topics={args.topic: "feedback"}, tasks=["feedback"],
                           reasons=[r.value for r in Reason])
         task = "feedback"
+        dedup = Deduplicator(id_capacity=cfg.dedup_ids, text_window=cfg.dedup_text_window)
         if args.consume == "ingest":
-            dedup = Deduplicator(id_capacity=cfg.dedup_ids, text_window=cfg.dedup_text_window)
-
-            def stage(batch):
-                received_at = time.time()
-                accepted = []
-                duplicates = 0
-                for raw in batch:
-                    try:
-                        event = clean_event(decode_event(
-                            raw.value, task=task, received_at=received_at,
-                            max_text_chars=cfg.max_text_chars, max_payload_bytes=cfg.max_payload_bytes))
-                    except RejectedEvent as rejected:
-                        metrics.events.labels(topic=raw.topic, outcome="invalid").inc()
-                        metrics.dead_letters.labels(topic=raw.topic, reason=rejected.reason.value).inc()
-                        continue
-                    if dedup.seen_id(task, event.id):
-                        duplicates += 1
-                        continue
-                    accepted.append((raw, event))
-                # As Pipeline.handle: one counter update per batch and outcome.
-                metrics.events.labels(topic=args.topic, outcome="duplicate").inc(duplicates)
-                metrics.events.labels(topic=args.topic, outcome="accepted").inc(len(accepted))
-                return accepted
-
             async def handle(batch):
-                stage(batch)
+                admission = admit(batch, task=task, limits=cfg, dedup=dedup,
+                                  received_at=time.time())
+                # As Serving.handle counts them: once per batch and outcome.
+                for raw, reason, _ in admission.rejected:
+                    metrics.events.labels(topic=raw.topic, outcome="invalid").inc()
+                    metrics.dead_letters.labels(topic=raw.topic, reason=reason.value).inc()
+                metrics.events.labels(topic=args.topic, outcome="duplicate").inc(
+                    len(admission.duplicates))
+                metrics.events.labels(topic=args.topic, outcome="accepted").inc(
+                    len(admission.accepted))
         else:
             import asyncio
 
-            from streams.handoff import ModelThread
-            from streams.pipeline import Pipeline
-
             async def nowhere(key, record):
-                # Faust's send() returns a delivery future that the pipeline gathers.
-                done = asyncio.get_running_loop().create_future()
-                done.set_result(None)
-                return done
+                async def delivered():
+                    return None
+                return delivered()
 
-            pipeline = Pipeline(settings, _NullLearner(), metrics, ModelThread())
-            pipeline.publish_prediction = pipeline.publish_dead_letter = nowhere
+            serving = Serving(limits=cfg, serve=settings.serve, metrics=metrics,
+                              thread=_Inline(), models=ServedModels(_NullSnapshot()),
+                              outputs=Outputs(predictions=nowhere, dead_letters=nowhere),
+                              dedup=dedup)
 
             async def handle(batch):
-                await pipeline.handle(task, batch)
+                deliveries: list = []
+                await serving.handle(task, batch, deliveries)
+                await asyncio.gather(*deliveries)
 
         @app.agent(topic)
         async def ingest(stream):
             async for events in stream.take_events(TAKE, within=1.0):
-                batch = [RawEvent(value=e.value if isinstance(e.value, bytes) else bytes(e.value or b""),
-                                  topic=e.message.topic, partition=e.message.partition,
-                                  offset=e.message.offset, timestamp=e.message.timestamp)
-                         for e in events]
+                batch = raw_events(events)   # the worker's agent's own conversion
                 await handle(batch)
                 if meter.batch_done(len(batch)):
                     finish()
@@ -246,23 +229,23 @@ def consume(args) -> int:
 # ---------------------------------------------------------------------- parent side
 
 def _stage_only(events: list[bytes]) -> dict:
-    """The per-event stage in a tight loop, no broker: its own ceiling (events/s)."""
-    from streams.cleaning import clean_event
+    """The product's admission in a tight loop, no broker: its own ceiling (events/s)."""
+    from streams.admit import RawEvent, admit
+    from streams.config import StreamConfig
     from streams.dedup import Deduplicator
-    from streams.records import decode_event
 
-    dedup = Deduplicator()
+    batch = [RawEvent(raw, "t", 0, i, 0.0) for i, raw in enumerate(events)]
+    dedup, limits = Deduplicator(), StreamConfig()
     t = time.perf_counter()
-    for raw in events:
-        event = clean_event(decode_event(raw, task="feedback", received_at=0.0))
-        dedup.seen_id("feedback", event.id)
+    for i in range(0, len(batch), TAKE):
+        admit(batch[i:i + TAKE], task="feedback", limits=limits, dedup=dedup, received_at=0.0)
     seconds = time.perf_counter() - t
     return {"events": len(events), "events_per_second": len(events) / seconds}
 
 
 def run(args: argparse.Namespace) -> dict:
-    from streams.broker import EmbeddedBroker
-    from streams.publish import publish
+    from tools.broker import EmbeddedBroker
+    from tools.publish import publish
     from streams.topics import create_topics
 
     events = payloads(args.events, seed=args.seed)

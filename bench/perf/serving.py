@@ -1,15 +1,16 @@
 """Serving benchmark: single-event predict latency p50/p99 and batch throughput.
 
 A head-mode learner (the worker's default) first learns a few BANKING77 micro-batches, then
-:class:`~learner.serving.ServingModel` answers texts it has never seen (the BANKING77 test
-split, so no feature-cache hit flatters it):
+its published version — a :class:`~serving.snapshot.ModelSnapshot` built through the
+product's artifact path — answers texts it has never seen (the BANKING77 test split, so no
+feature-cache hit flatters it):
 
-* ``single``: ``predict_many(task, [text])`` one text at a time (what a stream prediction or
-  a one-text ``/predict`` costs on the model thread);
+* ``single``: ``predict_many(task, [text])`` one text at a time (a one-text ``/predict``);
 * ``single_proba``: ``predict_proba`` of one text (the full distribution ``/predict`` returns);
-* ``single_under_training``: one-text predictions sent through the worker's
-  :class:`~streams.handoff.ModelThread` every 50 ms while it also runs the stream's jobs
-  (predict a micro-batch of 32, learn it) — the latency an API client sees on a busy worker;
+* ``single_under_training``: one-text predictions on the serving thread every 50 ms while the
+  model thread trains on the stream (micro-batches of 32) — the all-in-one worker's design;
+  ``single_under_training_shared`` the same with predictions and training on one thread (the
+  design before the split, the baseline of the ratio);
 * ``batch``: texts/s of ``predict_many`` over batches of 32 and 256.
 
     python -m bench.perf.serving --singles 200
@@ -43,11 +44,12 @@ def _timed(fn, items) -> list[float]:
 
 
 async def _under_training(serving, learner, texts, train_texts, train_labels, *, n: int,
-                          batch: int) -> list[float]:
+                          batch: int, shared: bool) -> list[float]:
     from streams.handoff import ModelThread
 
     latencies: list[float] = []
-    with ModelThread(queue_size=2) as model:
+    with ModelThread(queue_size=2) as model, ModelThread(queue_size=2) as own:
+        api = model if shared else own
         stop = asyncio.Event()
 
         async def stream():
@@ -55,14 +57,14 @@ async def _under_training(serving, learner, texts, train_texts, train_labels, *,
             while not stop.is_set():
                 bx = train_texts[i:i + batch] or train_texts[:batch]
                 by = train_labels[i:i + batch] or train_labels[:batch]
-                await model.run(serving.predict_many, TASK, bx)
+                await model.run(learner.predict_many, TASK, bx)
                 await model.run(learner.learn_many, TASK, bx, by)
                 i = (i + batch) % max(1, len(train_texts) - batch)
 
         trainer = asyncio.create_task(stream())
         for text in texts[:n]:
             t = time.perf_counter()
-            await model.run(serving.predict_many, TASK, [text])
+            await api.run(serving.predict_many, TASK, [text])
             latencies.append(time.perf_counter() - t)
             await asyncio.sleep(0.05)
         stop.set()
@@ -71,15 +73,21 @@ async def _under_training(serving, learner, texts, train_texts, train_labels, *,
 
 
 def run(args: argparse.Namespace) -> dict:
+    import torch
+
     from learner import Learner, LearnerConfig
-    from learner.serving import ServingModel
+    from learner.model import default_model_path
+    from lifecycle.publishing import artifact_from_learner
+    from serving.snapshot import ModelSnapshot, base_classifier
 
     learner = Learner(LearnerConfig(model=args.model, device=args.device, mode=args.mode))
     train_texts, train_labels = banking77(limit=args.train_batches * 16 + 32 * args.under_training,
                                           seed=args.seed)
     for i in range(args.train_batches):
         learner.learn_many(TASK, train_texts[16 * i:16 * i + 16], train_labels[16 * i:16 * i + 16])
-    serving = ServingModel(learner)
+    base = base_classifier(args.model or default_model_path(), max_length=learner.config.max_length,
+                           device=torch.device(learner.device))
+    serving = ModelSnapshot.from_artifact(artifact_from_learner(learner), base)
     need = 2 * args.singles + args.under_training + 2 * args.batch_texts + 8
     unseen = _unseen(need)
     warm, unseen = unseen[:8], unseen[8:]
@@ -102,9 +110,11 @@ def run(args: argparse.Namespace) -> dict:
     result["batch"] = batch
     if args.under_training:
         rest = train_texts[args.train_batches * 16:], train_labels[args.train_batches * 16:]
-        lat = asyncio.run(_under_training(serving, learner, unseen, *rest, n=args.under_training,
-                                          batch=32))
-        result["single_under_training"] = summary(lat)
+        for key, shared in (("single_under_training", False),
+                            ("single_under_training_shared", True)):
+            lat = asyncio.run(_under_training(serving, learner, unseen, *rest,
+                                              n=args.under_training, batch=32, shared=shared))
+            result[key] = summary(lat)
     result["single_p50_seconds"] = result["single"]["p50"]
     result["single_p99_seconds"] = result["single"]["p99"]
     result["batch_texts_per_second"] = batch["256"]["texts_per_second"]

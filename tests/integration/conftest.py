@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, free_port
-from streams.demo import wait_http
+from tools.broker import EmbeddedBroker, free_port
+from tools.demo import wait_http
 from streams.topics import create_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,9 +33,12 @@ def broker(tmp_path_factory):
 
 
 class WorkerProc:
-    def __init__(self, env: dict[str, str], log_path: Path):
+    """One role process (``worker`` by default, or ``serve`` / ``train``)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, role: str = "worker"):
         self.env = env
         self.log_path = log_path
+        self.role = role
         self.port = int(env["METRICS_PORT"])
         self.proc: subprocess.Popen | None = None
 
@@ -46,7 +49,7 @@ class WorkerProc:
     def start(self, timeout: float = 180) -> "WorkerProc":
         full = dict(os.environ)
         full.update(self.env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=full,
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamlearner.cli", self.role], env=full,
                                      cwd=ROOT, stdout=open(self.log_path, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -93,6 +96,9 @@ def worker_env(broker, tmp_path):
         "KAFKA_DRIFT_TOPIC": f"drift-alerts-{uid}",
         "KAFKA_EXPLANATIONS_TOPIC": f"explanations-{uid}",
         "KAFKA_MODEL_EVENTS_TOPIC": f"model-events-{uid}",
+        "KAFKA_SAMPLES_TOPIC": f"samples-{uid}",
+        "KAFKA_MODEL_VERSIONS_TOPIC": f"model-versions-{uid}",
+        "MODELS_STORE": str(tmp_path / "models"),
         "KAFKA_SESSION_TIMEOUT_S": "6",
         "STREAM_MAX_WAIT_S": "0.5",
         "METRICS_PORT": str(free_port()),
@@ -111,9 +117,9 @@ def worker_env(broker, tmp_path):
 def start_worker(worker_env, tmp_path):
     procs: list[WorkerProc] = []
 
-    def _start(**overrides) -> WorkerProc:
+    def _start(role: str = "worker", **overrides) -> WorkerProc:
         env = dict(worker_env, **overrides)
-        w = WorkerProc(env, tmp_path / f"worker-{len(procs)}.log").start()
+        w = WorkerProc(env, tmp_path / f"{role}-{len(procs)}.log", role).start()
         procs.append(w)
         return w
 

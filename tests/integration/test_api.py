@@ -12,7 +12,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from streams.publish import make_producer, publish
+from tools.publish import make_producer, publish
 
 from .conftest import ROOT, wait_until
 from .test_worker_e2e import banking_events, counters
@@ -94,7 +94,7 @@ def test_api_explanations_and_student_hot_swap(broker, worker_env, start_worker)
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     env = dict(os.environ, **worker_env)
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "distill", "--layers", "1",
+    done = subprocess.run([sys.executable, "-m", "streamlearner.cli", "distill", "--layers", "1",
                            "--epochs", "1"], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.demo import Follower
-from streams.publish import make_producer, publish
+from tools.broker import EmbeddedBroker
+from tools.demo import Follower
+from tools.publish import make_producer, publish
 
 from .conftest import wait_until
 from .test_worker_e2e import banking_events, counters

@@ -11,7 +11,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from streams.publish import make_producer, publish
+from tools.publish import make_producer, publish
 
 from .conftest import wait_until
 from .test_worker_e2e import banking_events, counters

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.demo import metric_sum, scrape
-from streams.publish import publish
+from tools.demo import metric_sum, scrape
+from tools.publish import publish
 
 from .conftest import wait_until
 from .test_worker_e2e import banking_events

@@ -8,10 +8,10 @@ import csv
 
 import orjson
 
-from streams.cli import main
-from streams.demo import metric_sum, scrape
-from streams.dlq import marker_topic
-from streams.publish import make_producer, publish
+from streamlearner.cli import main
+from tools.demo import metric_sum, scrape
+from tools.dlq import marker_topic
+from tools.publish import make_producer, publish
 
 from .conftest import ROOT, wait_until
 from .test_poison import read_all

@@ -13,8 +13,8 @@ import urllib.request
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.demo import metric_sum, scrape
-from streams.publish import make_producer, publish
+from tools.demo import metric_sum, scrape
+from tools.publish import make_producer, publish
 
 from .conftest import ROOT, wait_until
 from .test_worker_e2e import INTENTS, banking_events
@@ -123,13 +123,13 @@ def test_corrupted_labels_trigger_rollback_and_admin_needs_the_token(broker, wor
 
     # With the token, the CLI rolls back to a kept version.
     listing = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "versions", "--url", f"http://127.0.0.1:{worker.port}"],
+        [sys.executable, "-m", "streamlearner.cli", "versions", "--url", f"http://127.0.0.1:{worker.port}"],
         env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     kept = [v["version"] for v in json.loads(listing.stdout)["versions"] if v["version"] < version]
     target = kept[0]
     done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "rollback", "--to", str(target),
+        [sys.executable, "-m", "streamlearner.cli", "rollback", "--to", str(target),
          "--url", f"http://127.0.0.1:{worker.port}"],
         env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -23,10 +23,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.demo import metric_sum, scrape
-from streams.dlq import read_topic, replay
-from streams.publish import make_producer, publish
+from tools.broker import EmbeddedBroker
+from tools.demo import metric_sum, scrape
+from tools.dlq import read_topic, replay
+from tools.publish import make_producer, publish
 from streams.topics import create_topics
 
 from .conftest import WorkerProc, wait_until

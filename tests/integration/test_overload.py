@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from streams.cleaning import clean_text
-from streams.demo import metric_sum, scrape
-from streams.publish import make_producer, publish
+from tools.demo import metric_sum, scrape
+from tools.publish import make_producer, publish
 
 from .conftest import ROOT, wait_until
 from .test_worker_e2e import counters

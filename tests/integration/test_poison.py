@@ -17,8 +17,8 @@ import urllib.request
 import orjson
 
 from streams.cleaning import clean_event
-from streams.demo import metric_sum, scrape
-from streams.publish import make_producer, publish
+from tools.demo import metric_sum, scrape
+from tools.publish import make_producer, publish
 from streams.records import Reason, RejectedEvent, decode_event
 
 from .conftest import wait_until

@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 import yaml
 
-from streams.broker import free_port
-from streams.demo import MALFORMED
-from streams.publish import make_producer, publish
+from tools.broker import free_port
+from tools.demo import MALFORMED
+from tools.publish import make_producer, publish
 
 from .conftest import ROOT, wait_until
 from .test_worker_e2e import banking_events

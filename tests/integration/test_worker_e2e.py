@@ -7,8 +7,8 @@ import csv
 import json
 import random
 
-from streams.demo import MALFORMED, Follower, metric_sum, scrape
-from streams.publish import make_producer, publish
+from tools.demo import MALFORMED, Follower, metric_sum, scrape
+from tools.publish import make_producer, publish
 
 from .conftest import ROOT, wait_until
 

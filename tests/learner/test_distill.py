@@ -1,7 +1,6 @@
 import pytest
 
 from learner.distill import DistillConfig, Sample, distill, load_student, make_student, save_student
-from learner.serving import ServingModel, predict_proba
 
 
 @pytest.fixture
@@ -25,19 +24,14 @@ def test_student_is_cut_from_the_teacher_and_distils(teacher, tmp_path):
     assert stats["samples"] == 4 and stats["steps"] > 0
 
 
-def test_saved_student_loads_and_hot_swaps(teacher, tmp_path):
+def test_saved_student_loads_and_predicts_like_the_student(teacher, tmp_path):
     student = make_student(teacher, tmp_path, layers=1)
-    serving = ServingModel(teacher, serve="student", student_dir=tmp_path)
-    assert serving.name == "teacher" and not serving.maybe_reload()   # nothing saved yet
+    assert load_student(tmp_path, teacher.config) is None      # nothing saved yet
     save_student(student, tmp_path, teacher_version=teacher.model_version)
-    assert serving.maybe_reload() and serving.name == "student"
-    assert not serving.maybe_reload()                                   # unchanged: no swap
     loaded = load_student(tmp_path, teacher.config)
     texts = ["card stolen", "exchange rate"]
     assert [p.label for p in loaded.predict_many("feedback", texts)] == \
         [p.label for p in student.predict_many("feedback", texts)]
-    dist = predict_proba(serving.current, "feedback", texts)
-    assert all(abs(sum(d.values()) - 1) < 1e-5 for d in dist)
 
 
 def test_config_and_layer_validation(teacher, tmp_path):
@@ -45,8 +39,6 @@ def test_config_and_layer_validation(teacher, tmp_path):
         DistillConfig(layers=0)
     with pytest.raises(ValueError, match="layers must be in"):
         make_student(teacher, tmp_path, layers=9)
-    with pytest.raises(ValueError, match="serve"):
-        ServingModel(teacher, serve="both")
 
 
 def test_student_from_a_lora_teacher_starts_where_the_teacher_is(tiny_learner, tmp_path):
@@ -59,14 +51,3 @@ def test_student_from_a_lora_teacher_starts_where_the_teacher_is(tiny_learner, t
     t = [p.confidence for p in teacher.predict_many("feedback", texts[:4])]
     s = [p.confidence for p in student.predict_many("feedback", texts[:4])]
     assert max(abs(a - b) for a, b in zip(t, s)) < 1e-4
-
-
-def test_a_task_born_after_the_student_is_answered_by_the_teacher(teacher, tmp_path):
-    student = make_student(teacher, tmp_path, layers=1)
-    save_student(student, tmp_path, teacher_version=teacher.model_version)
-    serving = ServingModel(teacher, serve="student", student_dir=tmp_path)
-    assert serving.maybe_reload()
-    teacher.learn_many("news", ["shares fell", "shares rose"], ["down", "up"])
-    assert serving.name_for("feedback") == "student" and serving.name_for("news") == "teacher"
-    assert set(serving.predict_proba("news", ["shares fell"])[0]) == {"down", "up"}
-    assert serving.predict_many("news", ["shares fell"])[0].label in {"down", "up"}

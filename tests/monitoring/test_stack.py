@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from monitoring.metrics import Metrics
-from streams.cli import build_parser
-from streams.settings import Settings, setting_specs
+from streamlearner.cli import build_parser
+from streamlearner.settings import Settings, setting_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"
@@ -153,7 +153,7 @@ def test_dockerfile_entrypoint_is_the_real_cli(compose):
     cmd = json.loads(re.search(r"^CMD (.+)$", text, re.M).group(1))
     assert entry == ["streamlearner"]
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'streamlearner = "streams.cli:main"' in pyproject
+    assert 'streamlearner = "streamlearner.cli:main"' in pyproject
     parser = build_parser()
     parser.parse_args(cmd)
     for name, svc in compose["services"].items():

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 import re
-from types import SimpleNamespace
 
 import pytest
 
-from streams.cli import main
-from streams.settings import Settings, setting_specs
+from streamlearner.cli import main
+from streamlearner.settings import Settings, setting_specs
 
-from .fake_kafka import FakeKafka
+from tests.fake_kafka import FakeKafka
 
 SECRET = "s3cr3t-canary-pw-7f9c"
 SASL_ENV = {
@@ -102,7 +101,7 @@ def test_cli_dlq_replay_passes_security_to_every_client(sasl_env, fake, capsys, 
 
 
 def test_demo_follower_passes_security(sasl_env, fake):
-    from streams.demo import Follower
+    from tools.demo import Follower
 
     k = Settings.from_env().kafka
     fake.create("predictions")
@@ -116,7 +115,7 @@ def test_demo_follower_passes_security(sasl_env, fake):
 
 
 def test_demo_worker_gets_security_settings_through_its_environment(sasl_env):
-    from streams.demo import security_env
+    from tools.demo import security_env
 
     env = security_env(Settings.from_env(overrides={"KAFKA_SASL_PASSWORD": "from-a-flag"}).kafka)
     assert env == {k: v for k, v in dict(SASL_ENV, KAFKA_SASL_PASSWORD="from-a-flag").items()
@@ -163,17 +162,12 @@ def test_worker_app_is_built_with_the_credentials(sasl_env, tmp_path, monkeypatc
     monkeypatch.delenv("KAFKA_SSL_CAFILE")
     from prometheus_client import CollectorRegistry
 
+    from streams.acks import FailStop
     from streams.app import create_app
 
     settings = Settings.from_env(overrides={"CHECKPOINT_DIR": str(tmp_path)})
-
-    class StubPipeline(SimpleNamespace):
-        def __getattr__(self, name):  # whatever else create_app wires up
-            return None
-
-    pipeline = StubPipeline(settings=settings, drift=None, serving=None,
-                            metrics=SimpleNamespace(registry=CollectorRegistry()))
-    app = create_app(settings, pipeline, data_dir=str(tmp_path / "faust"))
+    app = create_app(settings, app_id="sl-security", data_dir=str(tmp_path / "faust"),
+                     registry=CollectorRegistry(), latch=FailStop())
     creds = app.conf.broker_credentials
     assert creds.username == "streamlearner" and creds.password == SECRET
     assert creds.protocol.value == "SASL_SSL" and creds.mechanism.value == "SCRAM-SHA-512"
@@ -201,6 +195,6 @@ def test_worker_start_log_line_has_no_secret(sasl_env, caplog):
     """The worker logs ``settings: %r`` at start (streams/worker.py)."""
     settings = Settings.from_env()
     with caplog.at_level(logging.INFO):
-        logging.getLogger("streams.worker").info("settings: %r", settings)
+        logging.getLogger("streamlearner.roles").info("settings: %r", settings)
     assert "settings: Settings(" in caplog.text and SECRET not in caplog.text
     assert "sasl_password='***'" in caplog.text

@@ -1,6 +1,6 @@
 import pytest
 
-from streams.settings import Settings, SettingsError, setting_specs
+from streamlearner.settings import Settings, SettingsError, setting_specs
 
 
 def test_defaults_build():
@@ -87,7 +87,7 @@ def test_worker_refuses_to_start_on_a_bad_drift_setting():
     import sys
 
     env = dict(os.environ, DRIFT_WINDOW="0")
-    out = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env,
+    out = subprocess.run([sys.executable, "-m", "streamlearner.cli", "worker"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "bad setting: DRIFT_WINDOW: window must be >= 1, got 0" in out.stderr

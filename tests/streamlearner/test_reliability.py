@@ -1,80 +1,32 @@
-"""Issue #5 in the pipeline, without Kafka: acks only after a checkpoint holds the batch,
-exactly-once training across a simulated crash (update journal), the stability guard's
-rollback, manual rollback, skipped updates, offline rollback."""
+"""Issue #5 on the worker's batch path, without Kafka: acks only after a checkpoint holds the
+batch, exactly-once training across a simulated crash (update journal), the stability guard's
+rollback, manual rollback, skipped updates, offline rollback (the same rearrangement)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from prometheus_client import CollectorRegistry
 
-from learner.checkpoints import CheckpointManager
-from learner.config import MemoryConfig
-from monitoring.metrics import Metrics
-from streams.guard import StabilityGuard
+from lifecycle.guard import StabilityGuard
+from lifecycle.journal import UpdateJournal
+from streamlearner.settings import Settings
 from streams.handoff import ModelThread
-from streams.journal import UpdateJournal
-from streams.pipeline import Pipeline, RawEvent
-from streams.records import Reason
-from streams.settings import Settings
-
-from .test_pipeline import Sink
-
-
-class Acks:
-    """Records which batches were acked, in order."""
-
-    def __init__(self):
-        self.done: list[str] = []
-
-    def __call__(self, name: str):
-        async def ack():
-            self.done.append(name)
-        return ack
+from tests.harness import Acks, labeled, make_worker, unlabeled
 
 
 @pytest.fixture
-def make_pipeline(tiny_learner, tmp_path):
+def make_pipeline(tiny_model_dir, tmp_path):
     made = []
 
-    def make(every=1000, guard=False, learner_kw=None, **env):
-        settings = Settings.from_env({"CHECKPOINT_DIR": str(tmp_path / "ck"),
-                                      "CHECKPOINT_EVERY_UPDATES": str(every),
-                                      "STREAM_DEDUP_TEXT_WINDOW": "0",
-                                      "METRICS_PROBE_SIZE": "0", **env})
-        reg = CollectorRegistry()
-        metrics = Metrics(registry=reg, topics=settings.kafka.source_topics(),
-                          tasks=["feedback", "market"], reasons=[r.value for r in Reason])
-        mt = ModelThread()
-        learner = mt.call(tiny_learner, MemoryConfig(capacity=50), **(learner_kw or {}))
-        ck = settings.checkpoint.dir
-        kw = {}
-        if guard:
-            kw = dict(guard=StabilityGuard(margin=0.1, min_probe=1),
-                      champion=CheckpointManager(f"{ck}/champion", keep_last=1))
-        pipe = Pipeline(settings, learner, metrics, mt, CheckpointManager(ck, keep_last=5),
-                        journal=UpdateJournal(f"{ck}/journal.jsonl"), **kw)
-        pipe.publish_prediction, pipe.publish_dead_letter = Sink(), Sink()
-        pipe.publish_model_event = Sink()
-        made.append(mt)
-        return pipe, reg
+    def make(every=1000, guard=False, **env):
+        env = {"CHECKPOINT_EVERY_UPDATES": every, "CHECKPOINT_KEEP_LAST": 5,
+               "GUARD_ENABLED": "true" if guard else "false", "GUARD_MIN_PROBE": 1, **env}
+        pipe = make_worker(tmp_path, tiny_model_dir, **env)
+        made.append(pipe)
+        return pipe, pipe.registry
 
     yield make
-    for mt in made:
-        mt.close()
-
-
-def labeled(ids, offset=0, label="lost"):
-    return [RawEvent(value=json.dumps({"id": i, "text": f"text of {i}", "label": label}).encode(),
-                     topic="customer-feedback", partition=0, offset=offset + k, timestamp=0.0)
-            for k, i in enumerate(ids)]
-
-
-def unlabeled(ids, offset=0):
-    return [RawEvent(value=json.dumps({"id": i, "text": f"text of {i}"}).encode(),
-                     topic="customer-feedback", partition=0, offset=offset + k, timestamp=0.0)
-            for k, i in enumerate(ids)]
+    for pipe in made:
+        pipe.close()
 
 
 async def test_acks_wait_for_the_checkpoint_that_holds_the_batch(make_pipeline):
@@ -123,7 +75,7 @@ async def test_crash_redelivery_trains_every_event_exactly_once(make_pipeline):
     pipe.model.call(lambda: None)   # the journal line of update 3 is written, not checkpointed
 
     pipe2, reg2 = make_pipeline(every=2)
-    assert pipe2.restore() == 2
+    assert pipe2.learner.model_version == 2
     assert [e["version"] for e in pipe2.journal.entries()] == [1, 2]   # update 3 is gone
     r2 = await pipe2.handle("feedback", batches[1], acks("1 again"))
     r3 = await pipe2.handle("feedback", batches[2], acks("2 again"))
@@ -146,7 +98,7 @@ async def test_guard_rolls_back_to_the_champion(make_pipeline, monkeypatch):
     await pipe.handle("feedback", labeled(["c"], 2))  # v3: accuracy 0.5 < 0.9 - 0.1
     assert pipe.learner.model_version == 2
     assert reg.get_sample_value("streamlearner_learner_rollbacks_total", {"reason": "regression"}) == 1
-    [(key, event)] = pipe.publish_model_event.records
+    [(key, event)] = pipe.broker.records("model-events")
     assert (key, event.from_version, event.to_version, event.task) == ("rollback", 3, 2, "feedback")
     assert [e["version"] for e in pipe.journal.entries()] == [1, 2]
     # v3 is not what a restart resumes from (judged before its checkpoint: never saved).
@@ -173,7 +125,7 @@ async def test_manual_rollback_and_unknown_version(make_pipeline):
 
 
 async def test_exploding_gradient_is_skipped_and_counted(make_pipeline):
-    pipe, reg = make_pipeline(every=1, learner_kw={"max_grad_norm": 1e-12})
+    pipe, reg = make_pipeline(every=1, LEARNER_MAX_GRAD_NORM=1e-12)
     # Two labels: with one, ACE's loss (new samples among their own labels) is exactly 0.
     report = await pipe.handle("feedback", labeled(["a"]) + labeled(["b"], 1, label="rate"))
     assert report.model_version == 0
@@ -183,20 +135,21 @@ async def test_exploding_gradient_is_skipped_and_counted(make_pipeline):
 
 
 async def test_offline_rollback(make_pipeline):
-    from streams.admin import local_versions, rollback_offline
+    from lifecycle.rollback import kept_versions, rearrange
 
     pipe, _ = make_pipeline(every=1)
     for k in range(3):
         await pipe.handle("feedback", labeled([f"x{k}"], k))
     pipe.model.call(lambda: None)
-    settings = pipe.settings
-    assert [v["version"] for v in local_versions(settings)][:3] == [3, 2, 1]
-    rollback_offline(settings, 2)
+    root = pipe.settings.checkpoint.dir
+    assert [v["version"] for v in kept_versions(root)][:3] == [3, 2, 1]
+    rearrange(root, 2, keep_last=5)
     pipe2, _ = make_pipeline(every=1)
-    assert pipe2.restore() == 2
+    assert pipe2.learner.model_version == 2
     assert [e["version"] for e in pipe2.journal.entries()] == [1, 2]
+    assert pipe2.dedup.seen_id("feedback", "x2")    # the discarded update's id stays known
     with pytest.raises(LookupError):
-        rollback_offline(settings, 42)
+        rearrange(root, 42, keep_last=5)
 
 
 def test_journal_ignores_a_torn_line(tmp_path):
@@ -225,7 +178,7 @@ def test_guard_does_not_judge_a_changed_probe_set():
 def test_admin_token_is_never_shown():
     s = Settings.from_env({"SERVE_ADMIN_TOKEN": "s3cret-token-0123456789"})
     assert "s3cret" not in repr(s) and "s3cret" not in repr(s.serve)
-    from streams.settings import SettingsError
+    from streamlearner.settings import SettingsError
     with pytest.raises(SettingsError, match="SERVE_ADMIN_TOKEN"):
         Settings.from_env({"SERVE_ADMIN_TOKEN": "short"})
 

@@ -6,8 +6,8 @@ embeds the texts with the live encoder and feeds the three detectors of the task
 (:mod:`monitoring.drift`). On a detection the policy is, in order:
 
 1. **Rollback point**: unless an adaptation window is already open, the current model is saved
-   to ``<CHECKPOINT_DIR>/pre-drift`` (its own ``CHECKPOINT_KEEP_LAST``), with the detection in
-   its ``extra``; start a worker with ``CHECKPOINT_DIR=<dir>/pre-drift`` to go back to it.
+   to ``<CHECKPOINT_DIR>/pre-drift`` (lifecycle/layout.py; its own ``CHECKPOINT_KEEP_LAST``),
+   with the detection in its ``extra``; ``streamlearner rollback --to V`` goes back to it.
 2. **Boost**: ``learner.on_drift(task, ...)`` raises the learning rate and the replay ratio by
    ``DRIFT_ADAPT_LR_SCALE`` / ``DRIFT_ADAPT_REPLAY_SCALE`` for the next ``DRIFT_ADAPT_UPDATES``
    updates (plasticity for the new regime, rehearsal against forgetting the old one).
@@ -25,14 +25,13 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from monitoring.drift import ConceptDrift, Detection, EmbeddingDrift, LabelShift
 from monitoring.metrics import Metrics
 from streams.handoff import ModelThread
 from streams.records import DriftAlert
-from streams.settings import DriftConfig
+from lifecycle.config import DriftConfig
 
 if TYPE_CHECKING:
     from learner.checkpoints import CheckpointManager
@@ -216,9 +215,3 @@ class DriftWatch:
         import numpy as np
 
         return np.concatenate(chunks)
-
-
-def rollback_manager(checkpoint_dir: str, keep_last: int):
-    from learner.checkpoints import CheckpointManager
-
-    return CheckpointManager(Path(checkpoint_dir) / "pre-drift", keep_last=keep_last)

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.cli import main
-from streams.dlq import (REDRIVE_HEADER, ReplayError, ReplayFilter, decode_dead_letter,
+from streamlearner.cli import main
+from tools.dlq import (REDRIVE_HEADER, ReplayError, ReplayFilter, decode_dead_letter,
                          marker_topic, parse_since, replay)
 from streams.records import Reason, dead_letter
 
-from .fake_kafka import FakeKafka
+from tests.fake_kafka import FakeKafka
 
 DLQ, FB, MK = "dead-letters", "customer-feedback", "market-events"
 SOURCES = [FB, MK]

@@ -1,12 +1,14 @@
-"""HTTP API of the worker, on Faust's web server beside ``/metrics``.
+"""HTTP API of a serving process (replica or all-in-one worker), and the trainer's admin surface.
 
 ``POST /predict``, ``POST /explain``, ``GET /status``, ``GET /readyz``, the OpenAPI
-description at ``GET /openapi.json``, and the guarded admin surface: ``GET /admin/versions``,
-``POST /admin/rollback``, ``POST /admin/reset-probes`` (``Authorization: Bearer
-$SERVE_ADMIN_TOKEN``; 401 without the right token, 403 when no token is configured). Model work runs on the model thread (the same
-bounded hand-off the agents use), so a request never races an update or a hot swap.
-Every bad request gets a 4xx with a JSON ``{"error": code, "message": ...}``; nothing
-a client sends can raise a 500 or stop the worker.
+description at ``GET /openapi.json``, and, where a trainer runs (``train`` role, worker), the
+guarded admin surface: ``GET /admin/versions``, ``POST /admin/rollback``,
+``POST /admin/reset-probes`` (``Authorization: Bearer $SERVE_ADMIN_TOKEN``; 401 without the
+right token, 403 when no token is configured). Predictions and explanations run on the
+serving thread against the snapshot being served — the same :meth:`ModelSnapshot.score` as
+stream predictions — so a request never waits for training and never sees half a swap.
+Every bad request gets a 4xx with a JSON ``{"error": code, "message": ...}``; nothing a
+client sends can raise a 500 or stop the process.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import faust
 from faust import web
@@ -22,8 +24,8 @@ from faust import web
 from streams.cleaning import clean_text
 
 if TYPE_CHECKING:
-    from learner.serving import ServingModel
-    from streams.pipeline import Pipeline
+    from lifecycle.trainer import Trainer
+    from serving.service import Serving
 
 log = logging.getLogger(__name__)
 
@@ -142,87 +144,107 @@ def openapi(tasks: list[str], max_chars: int) -> dict:
     }
 
 
-def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") -> None:
-    settings = pipeline.settings
-    tasks = sorted(set(settings.kafka.source_topics().values()))
-    max_chars = settings.stream.max_text_chars
+def register_api(app: faust.App, *, tasks: list[str], max_chars: int, admin_token: str | None,
+                 serving: "Serving | None" = None, trainer: "Trainer | None" = None,
+                 status: Callable[[], dict] | None = None) -> None:
+    """Routes for what this process has: prediction with ``serving``, admin with ``trainer``."""
+    tasks = sorted(tasks)
     spec = openapi(tasks, max_chars)
 
     def fail(view: web.View, err: ApiError) -> web.Response:
         return view.json({"error": err.code, "message": err.message}, status=err.status)
 
-    @app.page("/predict")
-    class Predict(web.View):
-        async def post(self, request: web.Request) -> web.Response:
-            started = time.perf_counter()
-            try:
-                body = await _json_body(request)
-                task = _task(body, tasks)
-                texts = _texts(body, max_chars)
+    if serving is not None:
+        models = serving.models
+        metrics = serving.metrics
 
-                def work():
-                    model = serving.model_for(task)
-                    return serving.name_for(task), model.model_version, serving.predict_proba(task, texts)
+        @app.page("/predict")
+        class Predict(web.View):
+            async def post(self, request: web.Request) -> web.Response:
+                started = time.perf_counter()
+                try:
+                    body = await _json_body(request)
+                    task = _task(body, tasks)
+                    texts = _texts(body, max_chars)
+                    snapshot = models.model_for(task)
+                    scores = await serving.thread.run(snapshot.score, task, texts)
+                except ApiError as err:
+                    return fail(self, err)
+                out = []
+                for (label, confidence), dist in zip(scores.top(), scores.distributions()):
+                    out.append({"label": label, "confidence": confidence if label else 0.0,
+                                "probabilities": dist})
+                elapsed = time.perf_counter() - started
+                metrics.request_duration.labels(endpoint="predict").observe(elapsed)
+                return self.json({"task": task, "model": snapshot.name,
+                                  "model_version": scores.model_version, "predictions": out,
+                                  "latency_seconds": elapsed})
 
-                name, version, probs = await pipeline.model.run(work)
-            except ApiError as err:
-                return fail(self, err)
-            out = []
-            for dist in probs:
-                label = max(dist, key=dist.get) if dist else None
-                out.append({"label": label, "confidence": dist.get(label, 0.0) if label else 0.0,
-                            "probabilities": dist})
-            return self.json({"task": task, "model": name, "model_version": version,
-                              "predictions": out, "latency_seconds": time.perf_counter() - started})
+        @app.page("/explain")
+        class Explain(web.View):
+            async def post(self, request: web.Request) -> web.Response:
+                started = time.perf_counter()
+                try:
+                    body = await _json_body(request)
+                    task = _task(body, tasks)
+                    [text] = _texts(body, max_chars, single=True)
+                    method = body.get("method", "ig")
+                    if method not in METHODS:
+                        raise ApiError(422, "unknown_method", f"method must be one of {METHODS}")
+                    label = body.get("label")
+                    if label is not None and not isinstance(label, str):
+                        raise ApiError(400, "wrong_type", "field 'label' must be a string")
+                    snapshot = models.model_for(task)
 
-    @app.page("/explain")
-    class Explain(web.View):
-        async def post(self, request: web.Request) -> web.Response:
-            try:
-                body = await _json_body(request)
-                task = _task(body, tasks)
-                [text] = _texts(body, max_chars, single=True)
-                method = body.get("method", "ig")
-                if method not in METHODS:
-                    raise ApiError(422, "unknown_method", f"method must be one of {METHODS}")
-                label = body.get("label")
-                if label is not None and not isinstance(label, str):
-                    raise ApiError(400, "wrong_type", "field 'label' must be a string")
+                    def work():
+                        from learner.explain import Explainer
 
-                def work():
-                    from learner.explain import Explainer
+                        known = snapshot.labels(task)
+                        if not known:
+                            raise ApiError(409, "no_labels",
+                                           f"task {task!r} has not learned any label yet")
+                        if label is not None and label not in known:
+                            raise ApiError(422, "unknown_label",
+                                           f"{label!r} is not a label of {task!r}")
+                        return Explainer(snapshot).explain(task, text, label=label, method=method)
 
-                    model = serving.model_for(task)
-                    known = model.labels(task)
-                    if not known:
-                        raise ApiError(409, "no_labels", f"task {task!r} has not learned any label yet")
-                    if label is not None and label not in known:
-                        raise ApiError(422, "unknown_label", f"{label!r} is not a label of {task!r}")
-                    return Explainer(model).explain(task, text, label=label, method=method)
-
-                ex = await pipeline.model.run(work)
-            except ApiError as err:
-                return fail(self, err)
-            return self.json({**ex.to_dict(), "text": ex.text, "html": ex.to_html()})
+                    ex = await serving.thread.run(work)
+                except ApiError as err:
+                    return fail(self, err)
+                metrics.request_duration.labels(endpoint="explain").observe(
+                    time.perf_counter() - started)
+                return self.json({**ex.to_dict(), "text": ex.text, "html": ex.to_html()})
 
     @app.page("/status")
     class Status(web.View):
         async def get(self, request: web.Request) -> web.Response:
-            learner = pipeline.learner
-            drift = pipeline.drift.summary() if pipeline.drift is not None else None
-            return self.json({
-                "model_version": learner.model_version,
-                "serving": {"model": serving.name, "model_version": serving.model_version,
-                            "swaps": serving.swaps, "serve_setting": serving.serve},
-                "labels": {t: learner.labels(t) for t in learner.tasks()},
-                "memory": learner.replay.sizes(),
-                "last_update_ts": getattr(pipeline, "last_update_ts", None),
-                "adapting_updates_left": getattr(learner, "adapting", 0),
-                "drift": drift,
-                "champion_version": pipeline.guard.version if pipeline.guard else None,
-                "pending_ack_events": pipeline._pending_events,
-                "probe_sizes": pipeline.probes.sizes(),
-            })
+            body: dict[str, Any] = {}
+            if serving is not None:
+                m = serving.models
+                body["serving"] = {"model": m.name, "model_version": m.model_version,
+                                   "sequence": m.sequence, "swaps": m.swaps,
+                                   "serve_setting": m.serve,
+                                   "labels": {t: m.current.labels(t) for t in m.current.tasks()}}
+            if trainer is not None:
+                learner = trainer.learner
+                drift = trainer.drift.summary() if trainer.drift is not None else None
+                body.update({
+                    "model_version": learner.model_version,
+                    "labels": {t: learner.labels(t) for t in learner.tasks()},
+                    "memory": learner.replay.sizes(),
+                    "last_update_ts": trainer.last_update_ts,
+                    "adapting_updates_left": getattr(learner, "adapting", 0),
+                    "drift": drift,
+                    "champion_version": trainer.guard.version if trainer.guard else None,
+                    "pending_ack_events": trainer.durability.acks.pending_events,
+                    "probe_sizes": trainer.probes.sizes(),
+                    "published_version": (trainer.publisher.published_version
+                                          if trainer.publisher else None),
+                })
+            elif serving is not None:
+                body["model_version"] = serving.models.model_version
+            body.update(status() if status is not None else {})
+            return self.json(body)
 
     @app.page("/readyz")
     class Ready(web.View):
@@ -232,12 +254,22 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
             except Exception:
                 assigned = 0
             ready = assigned > 0
+            version = (trainer.learner.model_version if trainer is not None
+                       else serving.models.model_version if serving is not None else None)
             return self.json({"ready": ready, "assigned_partitions": assigned,
-                              "model_version": pipeline.learner.model_version},
-                             status=200 if ready else 503)
+                              "model_version": version}, status=200 if ready else 503)
 
-    token = settings.serve.admin_token
+    @app.page("/openapi.json")
+    class OpenApi(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            return self.json(spec)
 
+    if trainer is not None:
+        _register_admin(app, tasks, admin_token, trainer, fail)
+
+
+def _register_admin(app: faust.App, tasks: list[str], token: str | None, trainer: "Trainer",
+                    fail) -> None:
     def authorize(request: web.Request) -> None:
         """Constant-time bearer check; the token itself is never logged or echoed."""
         if not token:
@@ -258,10 +290,10 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
                 authorize(request)
             except ApiError as err:
                 return fail(self, err)
-            guard = pipeline.guard
-            return self.json({"model_version": pipeline.learner.model_version,
+            guard = trainer.guard
+            return self.json({"model_version": trainer.learner.model_version,
                               "champion_version": guard.version if guard else None,
-                              "versions": pipeline.versions()})
+                              "versions": trainer.versions()})
 
     @app.page("/admin/rollback")
     class Rollback(web.View):
@@ -274,7 +306,7 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
                                             or isinstance(version, bool) or version < 0):
                     raise ApiError(400, "wrong_type", "field 'version' must be an integer >= 0")
                 try:
-                    event = await pipeline.rollback_to(version, "manual")
+                    event = await trainer.rollback_to(version, "manual")
                 except LookupError as e:
                     raise ApiError(404, "unknown_version", str(e)) from None
             except ApiError as err:
@@ -292,9 +324,5 @@ def register_api(app: faust.App, pipeline: "Pipeline", serving: "ServingModel") 
                     task = _task(body, tasks)
             except ApiError as err:
                 return fail(self, err)
-            return self.json(await pipeline.reset_probes(task))
+            return self.json(await trainer.reset_probes(task))
 
-    @app.page("/openapi.json")
-    class OpenApi(web.View):
-        async def get(self, request: web.Request) -> web.Response:
-            return self.json(spec)

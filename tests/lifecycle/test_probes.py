@@ -1,4 +1,4 @@
-from streams.probe import ProbeSets
+from lifecycle.probes import ProbeSets
 
 
 class FakeLearner:

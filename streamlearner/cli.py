@@ -1,4 +1,5 @@
-"""``streamlearner`` command line: worker, topics, publish, demo, dlq."""
+"""``streamlearner`` command line: the roles (worker, serve, train) and the operator tools
+(topics, publish, demo, dlq, distill, versions, rollback, bench)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-from streams.settings import Settings, SettingsError, setting_specs
+from streamlearner.settings import Settings, SettingsError, setting_specs
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +37,11 @@ def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
     return getattr(args, "bootstrap", None) or settings.kafka.servers
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
+def cmd_role(args: argparse.Namespace) -> int:
+    from streamlearner.roles import run_role
 
     settings = _settings(args)
-    return run_worker(settings, loglevel=args.loglevel)
+    return run_role(args.command, settings, loglevel=args.loglevel)
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from streams.publish import iter_payloads, publish
+    from tools.publish import iter_payloads, publish
 
     settings = _settings(args)
     if args.rate is not None and args.rate <= 0:
@@ -72,14 +73,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from tools.demo import run_demo
 
     return run_demo(_settings(args), feedback_limit=args.feedback, market_limit=args.market,
                     rate=args.rate, workdir=args.workdir)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from streams.distill_cli import run_distill
+    from tools.distill import run_distill
 
     settings = _settings(args)
     if args.layers < 1 or args.epochs < 1:
@@ -90,7 +91,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from streams.dlq import ReplayError, ReplayFilter, parse_since, replay
+    from tools.dlq import ReplayError, ReplayFilter, parse_since, replay
 
     settings = _settings(args)
     k = settings.kafka
@@ -126,11 +127,12 @@ def _admin_url(args: argparse.Namespace, settings: Settings) -> str:
 def cmd_versions(args: argparse.Namespace) -> int:
     import json
 
-    from streams.admin import admin_request, local_versions
+    from lifecycle.rollback import kept_versions
+    from tools.admin import admin_request
 
     settings = _settings(args)
     if args.offline:
-        print(json.dumps({"versions": local_versions(settings)}, indent=2))
+        print(json.dumps({"versions": kept_versions(settings.checkpoint.dir)}, indent=2))
         return 0
     status, body = admin_request(_admin_url(args, settings), "/admin/versions",
                                  settings.serve.admin_token)
@@ -141,7 +143,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     import json
 
-    from streams.admin import admin_request, rollback_offline
+    from lifecycle.rollback import rearrange
+    from tools.admin import admin_request
 
     settings = _settings(args)
     if args.version is not None and args.version < 0:
@@ -150,7 +153,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         if args.version is None:
             raise SettingsError("--offline needs --to VERSION")
         try:
-            path = rollback_offline(settings, args.version)
+            path = rearrange(settings.checkpoint.dir, args.version,
+                             keep_last=settings.checkpoint.keep_last)
         except LookupError as e:
             print(f"streamlearner: {e}", file=sys.stderr)
             return 1
@@ -179,9 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    worker = sub.add_parser("worker", help="run a worker (Faust agents + learner + /metrics)")
-    _add_setting_flags(worker)
-    worker.set_defaults(func=cmd_worker)
+    for name, text in (
+            ("worker", "all-in-one: serve and train in one process (the embedded default)"),
+            ("serve", "a serving replica (consumer group <KAFKA_APP_ID>-serve): predictions, "
+                      "samples, the HTTP API; follows the trainer's model versions"),
+            ("train", "the trainer (group <KAFKA_APP_ID>-train): learns from the samples topic, "
+                      "publishes model versions")):
+        role = sub.add_parser(name, help=text, description=text)
+        _add_setting_flags(role)
+        role.set_defaults(func=cmd_role)
 
     topics = sub.add_parser("topics", help="topic administration")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)

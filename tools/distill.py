@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def read_texts(path: str, default_task: str) -> list:
     from learner.distill import Sample
     from streams.cleaning import clean_text
-    from streams.publish import iter_payloads
+    from tools.publish import iter_payloads
 
     out = []
     for raw in iter_payloads(path):

@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import orjson
 
+from streams.topics import read_topic
+
 log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".replayed"
@@ -200,49 +202,6 @@ class ReplayError(RuntimeError):
 
 
 # -- Kafka access (kafka-python), kept apart so that tests can fake it ------------------------
-
-def read_topic(bootstrap: str, topic: str, *, client_kwargs: Mapping[str, Any],
-               timeout_s: float = 30.0) -> Iterator[Any]:
-    """Every record of ``topic`` from the beginning up to its end when called, in offset
-    order per partition. No consumer group: nothing is committed, nothing rebalanced."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    # Reading must not create a missing topic (a dry run writes nothing, not even that);
-    # kafka-python before 2.1 has no such option.
-    supported = getattr(KafkaConsumer, "DEFAULT_CONFIG", {"allow_auto_create_topics": True})
-    no_create = ({"allow_auto_create_topics": False}
-                 if "allow_auto_create_topics" in supported else {})
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             client_id="streamlearner-dlq", **no_create, **dict(client_kwargs))
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            return
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        # The end when called; raised to the high-water mark of the first fetch, because
-        # some Kafka-protocol brokers (Tansu) answer ListOffsets(latest) with less.
-        ends = dict(consumer.end_offsets(tps))
-        fetched: set = set()
-        pending = {tp for tp in tps if ends[tp] > consumer.position(tp)}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: no progress for {timeout_s:.0f} s")
-            for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
-                deadline = time.monotonic() + timeout_s
-                if tp not in fetched:
-                    fetched.add(tp)
-                    ends[tp] = max(ends[tp], consumer.highwater(tp) or 0)
-                for rec in records:
-                    if rec.offset < ends[tp]:
-                        yield rec
-            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
-    finally:
-        consumer.close()
-
 
 class SourceReader:
     """Reads single records back at their coordinates (no consumer group): the originals of

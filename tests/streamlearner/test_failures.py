@@ -6,90 +6,28 @@ processes the redelivered batches exactly once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiokafka.errors as ak
 import pytest
-from prometheus_client import CollectorRegistry
 
-from learner.checkpoints import CheckpointManager
-from learner.config import MemoryConfig
-from monitoring.metrics import Metrics
-from streams.handoff import ModelThread
-from streams.journal import UpdateJournal
-from streams.outputs import DeliveryPolicy, Output
-from streams.pipeline import Pipeline, RawEvent
-from streams.records import Reason
-from streams.settings import Settings
-
-
-class Broker:
-    """Output topics in memory; ``refuse[topic]`` = an error every send to it fails with."""
-
-    def __init__(self):
-        self.topics: dict[str, list] = {}
-        self.refuse: dict[str, Exception] = {}
-
-    def sender(self, topic):
-        async def send(key, record):
-            error = self.refuse.get(topic)
-            future = asyncio.get_running_loop().create_future()
-            if error is not None:
-                future.set_exception(error)
-            else:
-                self.topics.setdefault(topic, []).append((key, record))
-                future.set_result(None)
-            return future
-        return send
-
-    def keys(self, topic):
-        return [k for k, _ in self.topics.get(topic, [])]
-
-
-class Acks:
-    def __init__(self):
-        self.done: list[str] = []
-
-    def __call__(self, name):
-        async def ack():
-            self.done.append(name)
-        return ack
+from streams.admit import RawEvent
+from tests.harness import Acks, Broker, make_worker
 
 
 @pytest.fixture
-def make(tiny_learner, tmp_path):
-    threads = []
+def make(tiny_model_dir, tmp_path):
+    made = []
 
     def build(broker, every=2, **env):
-        settings = Settings.from_env({"CHECKPOINT_DIR": str(tmp_path / "ck"),
-                                      "CHECKPOINT_EVERY_UPDATES": str(every),
-                                      "STREAM_DEDUP_TEXT_WINDOW": "0",
-                                      "METRICS_PROBE_SIZE": "0", **env})
-        reg = CollectorRegistry()
-        metrics = Metrics(registry=reg, topics=settings.kafka.source_topics(),
-                          tasks=["feedback"], reasons=[r.value for r in Reason],
-                          outputs=["predictions", "dead-letters", "model-events"])
-        mt = ModelThread()
-        threads.append(mt)
-        learner = mt.call(tiny_learner, MemoryConfig(capacity=50))
-        ck = settings.checkpoint.dir
-        pipe = Pipeline(settings, learner, metrics, mt, CheckpointManager(ck, keep_last=5),
-                        journal=UpdateJournal(f"{ck}/journal.jsonl"))
-        policy = DeliveryPolicy(retries=2, backoff_s=0.0, backoff_max_s=0.0)
-        for attr, topic in (("publish_prediction", "predictions"),
-                            ("publish_dead_letter", "dead-letters"),
-                            ("publish_model_event", "model-events")):
-            setattr(pipe, attr, Output(topic, broker.sender(topic), metrics=metrics,
-                                       policy=policy).publish)
-        pipe.stopped = []
-        pipe.on_failure = pipe.stopped.append
-        pipe.restore()
-        return pipe, reg
+        pipe = make_worker(tmp_path, tiny_model_dir, broker=broker,
+                           CHECKPOINT_EVERY_UPDATES=every, CHECKPOINT_KEEP_LAST=5, **env)
+        made.append(pipe)
+        return pipe, pipe.registry
 
     yield build
-    for mt in threads:
-        mt.close()
+    for pipe in made:
+        pipe.close()
 
 
 def batch(ids, offset, label="lost", bad=()):
@@ -107,9 +45,9 @@ BATCHES = [batch(["a", "b"], 0), batch(["c", "d"], 2), batch(["e", "f", "x"], 4,
 
 
 def _fail_predict(pipe, broker):
-    def broken(task, texts):
+    def broken(task, texts, features=None):
         raise RuntimeError("model on fire")
-    pipe.learner.predict_many = broken
+    pipe.serving.models.current.score = broken
 
 
 def _fail_learn(pipe, broker):
@@ -134,7 +72,7 @@ def _fail_drift(pipe, broker):
     class Drift:
         async def observe(self, *a):
             raise ValueError("detector bug")
-    pipe.drift = Drift()
+    pipe.trainer.drift = Drift()
 
 
 STAGES = {
@@ -145,7 +83,7 @@ STAGES = {
     "predictions retries exhausted": (_refuse("predictions", ak.KafkaTimeoutError()), "publish"),
     "dead letters unauthorized": (_refuse("dead-letters", ak.TopicAuthorizationFailedError()),
                                   "publish"),
-    "drift": (_fail_drift, "internal"),
+    "drift": (_fail_drift, "learn"),
 }
 
 
@@ -182,6 +120,7 @@ async def test_failure_at_a_stage_acks_nothing_past_it_and_redelivery_processes_
     broker.refuse.clear()
     pipe2, _ = make(broker)
     assert pipe2.learner.model_version == 2
+    assert pipe2.serving.models.model_version == 2
     for k in (2, 3, 4):
         report = await pipe2.handle("feedback", BATCHES[k], acks(f"{k}'"))
         assert not report.refused and report.duplicate == 0
@@ -229,13 +168,14 @@ async def test_a_failing_ack_stops_later_acks(make):
 async def test_one_event_that_breaks_the_model_is_dead_lettered_and_the_rest_go_on(make):
     broker = Broker()
     pipe, reg = make(broker)
-    real = pipe.learner.predict_many
+    snapshot = pipe.serving.models.current
+    real = snapshot.score
 
-    def picky(task, texts):
+    def picky(task, texts, features=None):
         if any("poison" in t for t in texts):
             raise ValueError("cannot predict this one")
         return real(task, texts)
-    pipe.learner.predict_many = picky
+    snapshot.score = picky
     events = batch(["p1", "p2", "poison", "p3"], 0)
     report = await pipe.handle("feedback", events, Acks()("0"))
     assert not pipe.failed

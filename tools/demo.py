@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from streams.settings import Settings
+from streamlearner.settings import Settings
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
 
@@ -160,7 +160,7 @@ def start_worker(env_overrides: dict[str, str], log_path: Path) -> subprocess.Po
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "streamlearner.cli", "worker"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -181,8 +181,8 @@ def run_demo(settings: Settings, *, feedback_limit: int | None = None,
              workdir: str | None = None, timeout_s: float = 900) -> int:
     from tqdm import tqdm
 
-    from streams.broker import EmbeddedBroker, free_port
-    from streams.publish import make_producer, publish
+    from tools.broker import EmbeddedBroker, free_port
+    from tools.publish import make_producer, publish
     from streams.topics import create_topics, settings_topics
 
     started = time.monotonic()

@@ -1,0 +1,51 @@
+"""Configuration of serving: which model answers, explanations, the admin token."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Which model answers predictions and the HTTP API, and stream explanations."""
+
+    model: str = field(default="teacher", metadata=_help(
+        "teacher (the live learner) or student (newest distilled student, hot-swapped; the "
+        "teacher answers until one exists)."))
+    student_dir: str | None = field(default=None, metadata=_help(
+        "Where `streamlearner distill` writes students. Unset: CHECKPOINT_DIR/student."))
+    reload_interval_s: float = field(default=5.0, metadata=_help(
+        "How often the worker looks for a newer student."))
+    explain_fraction: float = field(default=0.0, metadata=_help(
+        "Fraction of stream predictions explained (IG) and published to the explanations "
+        "topic; each costs model-thread time."))
+    explain_method: str = field(default="ig", metadata=_help(
+        "ig (Integrated Gradients) or gxi (gradient x input, faster)."))
+    admin_token: str | None = field(default=None, metadata=_help(
+        "Bearer token of the state-changing endpoints (POST /admin/*); unset: they answer "
+        "403. Set it from a secret store, never on the command line (never logged)."))
+
+    def __post_init__(self) -> None:
+        if self.model not in ("teacher", "student"):
+            raise ValueError(f"model must be 'teacher' or 'student', got {self.model!r}")
+        if self.student_dir is not None and not self.student_dir.strip():
+            raise ValueError("student_dir must not be blank")
+        if not self.reload_interval_s > 0:
+            raise ValueError(f"reload_interval_s must be > 0, got {self.reload_interval_s}")
+        if not 0.0 <= self.explain_fraction <= 1.0:
+            raise ValueError(f"explain_fraction must be in [0, 1], got {self.explain_fraction}")
+        if self.explain_method not in ("ig", "gxi"):
+            raise ValueError(f"explain_method must be 'ig' or 'gxi', got {self.explain_method!r}")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ValueError("admin_token must be at least 16 characters (got a shorter one)")
+
+    def __repr__(self) -> str:  # never print the token
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if shown["admin_token"]:
+            shown["admin_token"] = "***"
+        return "ServeConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"

@@ -1,0 +1,7 @@
+"""``python -m streamlearner``: the command line."""
+
+import sys
+
+from streamlearner.cli import main
+
+sys.exit(main())

@@ -1,0 +1,679 @@
+"""The role commands, wired: ``worker`` (all-in-one), ``serve`` (replicas), ``train`` (trainer).
+
+* **worker** — both halves in one process: source topics → serving (its own copy of the
+  model, on the serving thread) → the co-located trainer (the learner, on the model thread).
+  A batch's acks wait for the checkpoint that holds it. The serving copy follows the trainer
+  after every update in head mode, so the stream is still predicted before it is learned;
+  ``/predict`` never waits behind training. Versions also go to the model-versions topic, so
+  ``serve`` replicas can run beside a worker.
+* **serve** — N replicas in the consumer group ``<KAFKA_APP_ID>-serve`` over the source
+  topics: serving, predictions, and every accepted sample to the samples topic; a batch is
+  acknowledged once its outputs are delivered. Versions arrive from the model-versions topic.
+* **train** — one trainer, consumer group ``<KAFKA_APP_ID>-train``, over the samples topic:
+  exactly-once training (ack after checkpoint), guard, drift, journal, versions published.
+
+Only this module knows every room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from streamlearner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED = 3   # the batch path failed: nothing acknowledged past it; restart to redeliver
+ROLES = ("worker", "serve", "train")
+
+
+@dataclass
+class Report:
+    """What one batch handler did (the agent yields it; tests read it)."""
+
+    accepted: int = 0
+    invalid: int = 0
+    duplicate: int = 0
+    trained: int = 0
+    model_version: int = 0
+    refused: bool = False   # draining or failed: not processed, not acked (redelivered)
+    failed: bool = False    # this batch failed the latch
+
+
+@dataclass
+class Role:
+    """A built role: its Faust app and what stopping it needs."""
+
+    name: str
+    settings: Settings
+    app: Any
+    latch: Any
+    metrics: Any
+    drain: Callable[[], Any]
+    close: Callable[[], None]
+    checkpoint_now: Callable[[], None] = lambda: None
+    version: Callable[[], int] = lambda: 0
+    parts: dict = field(default_factory=dict)
+
+
+# -- batch flows --------------------------------------------------------------------------
+
+class _Flow:
+    """Refuses batches once draining or failed; names the failing stage."""
+
+    def __init__(self, latch, lock: Callable[[], asyncio.Lock]) -> None:
+        self.latch = latch
+        self._lock = lock
+        self.draining = False
+        self.stage = "internal"
+        self.batch_events = 0
+
+    def refused(self) -> bool:
+        return self.draining or self.latch.failed
+
+    def failed(self, exc: Exception, waiting: int) -> Report:
+        from streams.outputs import OutputError
+
+        self.latch.fail("publish" if isinstance(exc, OutputError) else self.stage, exc,
+                        waiting=waiting)
+        return Report(refused=True, failed=True)
+
+
+class WorkerFlow(_Flow):
+    """All-in-one: serve the batch, deliver its outcomes, learn from it, settle its ack."""
+
+    def __init__(self, serving, trainer) -> None:
+        super().__init__(trainer.latch, trainer.lock)
+        self.serving = serving
+        self.trainer = trainer
+
+    async def handle(self, task: str, batch: Sequence, ack=None) -> Report:
+        from streams.outputs import deliver_all
+
+        if self.refused():
+            return Report(refused=True)
+        durability = self.trainer.durability
+        async with self._lock():
+            if self.refused():
+                return Report(refused=True)
+            durability.in_batch = True
+            deliveries: list = []
+            try:
+                self.stage = "predict"
+                served = await self.serving.handle(task, batch, deliveries)
+                self.stage = "publish"
+                await deliver_all(deliveries)   # every outcome out before the model learns
+                self.stage = "learn"
+                trained = await self.trainer.learn(task, served.samples, features=served.features)
+            except Exception as exc:
+                _close_unstarted(deliveries)
+                return self.failed(exc, durability.acks.pending_events + len(batch))
+            finally:
+                durability.in_batch = False
+            await durability.settle(ack, len(batch))
+            return Report(accepted=len(served.samples), invalid=served.invalid,
+                          duplicate=served.duplicate, trained=trained,
+                          model_version=self.trainer.learner.model_version)
+
+    async def drain(self) -> None:
+        self.draining = True
+        await self.trainer.drain()
+
+
+class ServeFlow(_Flow):
+    """A replica: serve the batch, publish its samples, ack once everything is delivered."""
+
+    def __init__(self, serving, acks, samples) -> None:
+        lock = asyncio.Lock()
+        super().__init__(acks.latch, lambda: lock)
+        self.serving = serving
+        self.acks = acks
+        self.samples = samples   # Output.publish of the samples topic
+
+    async def handle(self, task: str, batch: Sequence, ack=None) -> Report:
+        from streams.outputs import deliver_all
+        from streams.records import SampleRecord
+
+        if self.refused():
+            return Report(refused=True)
+        async with self._lock():
+            if self.refused():
+                return Report(refused=True)
+            deliveries: list = []
+            try:
+                self.stage = "predict"
+                served = await self.serving.handle(task, batch, deliveries)
+                self.stage = "publish"
+                now = time.time()
+                for sample in served.samples:
+                    deliveries.append(await self.samples(sample.id, SampleRecord.of(sample, now)))
+                await deliver_all(deliveries)
+            except Exception as exc:
+                _close_unstarted(deliveries)
+                return self.failed(exc, len(batch))
+            if ack is not None:
+                self.acks.add(ack, len(batch))
+                await self.acks.release()
+            return Report(accepted=len(served.samples), invalid=served.invalid,
+                          duplicate=served.duplicate,
+                          model_version=self.serving.models.model_version)
+
+    async def drain(self) -> None:
+        self.draining = True
+        async with self._lock():
+            pass
+
+
+class TrainFlow(_Flow):
+    """The trainer: decode samples (bad ones dead-lettered), learn per task, settle the ack."""
+
+    def __init__(self, trainer, *, tasks: set[str], limits, dead_letters, metrics) -> None:
+        super().__init__(trainer.latch, trainer.lock)
+        self.trainer = trainer
+        self.tasks = tasks
+        self.limits = limits
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+
+    async def handle(self, _task: str, batch: Sequence, ack=None) -> Report:
+        from streams.outputs import deliver_all
+        from streams.records import RejectedEvent, dead_letter, decode_sample
+
+        if self.refused():
+            return Report(refused=True)
+        durability = self.trainer.durability
+        async with self._lock():
+            if self.refused():
+                return Report(refused=True)
+            durability.in_batch = True
+            deliveries: list = []
+            report = Report()
+            try:
+                self.stage = "decode"
+                by_task: dict[str, list] = {}
+                for raw in batch:
+                    try:
+                        sample = decode_sample(raw.value, tasks=self.tasks,
+                                               max_text_chars=self.limits.max_text_chars,
+                                               max_label_chars=self.limits.max_label_chars)
+                    except RejectedEvent as bad:
+                        self.metrics.dead_letters.labels(topic=raw.topic,
+                                                         reason=bad.reason.value).inc()
+                        record = dead_letter(raw.value, topic=raw.topic, partition=raw.partition,
+                                             offset=raw.offset, reason=bad.reason,
+                                             message=bad.message, ts=time.time(),
+                                             max_bytes=self.limits.dead_letter_max_bytes)
+                        self.stage = "publish"
+                        deliveries.append(await self.dead_letters(raw.key, record))
+                        self.stage = "decode"
+                        report.invalid += 1
+                        continue
+                    by_task.setdefault(sample.task, []).append(sample)
+                self.stage = "publish"
+                await deliver_all(deliveries)
+                self.stage = "learn"
+                for task, samples in by_task.items():
+                    report.accepted += len(samples)
+                    report.trained += await self.trainer.learn(task, samples, check_ids=True)
+            except Exception as exc:
+                _close_unstarted(deliveries)
+                return self.failed(exc, durability.acks.pending_events + len(batch))
+            finally:
+                durability.in_batch = False
+            await durability.settle(ack, len(batch))
+            report.model_version = self.trainer.learner.model_version
+            return report
+
+    async def drain(self) -> None:
+        self.draining = True
+        await self.trainer.drain()
+
+
+def _close_unstarted(deliveries: list) -> None:
+    import inspect
+
+    for d in deliveries:   # never started (the batch failed before delivering them)
+        if inspect.iscoroutine(d) and inspect.getcoroutinestate(d) == inspect.CORO_CREATED:
+            d.close()
+
+
+# -- building blocks ------------------------------------------------------------------------
+
+def tasks_of(settings: Settings) -> list[str]:
+    return sorted(set(settings.kafka.source_topics().values()))
+
+
+def build_metrics(settings: Settings):
+    from monitoring.metrics import Metrics
+    from streams.records import Reason
+
+    k = settings.kafka
+    drift = settings.drift
+    return Metrics(topics=list(k.source_topics()) + [k.samples_topic], tasks=tasks_of(settings),
+                   reasons=[r.value for r in Reason],
+                   prequential_window=settings.metrics.prequential_window,
+                   drift_detectors=[("concept", drift.concept_detector), ("data", "mmd"),
+                                    ("label", "chi2")],
+                   outputs=k.output_topics())
+
+
+def build_trainer(settings: Settings, *, metrics, latch, thread, learner=None,
+                  drift_alerts=None, model_events=None, versions=None, local=None):
+    """Learner (built on ``thread`` unless given), checkpoints, journal, guard, drift and the
+    version publisher -> a restored :class:`~lifecycle.trainer.Trainer`. ``drift_alerts`` /
+    ``model_events``: ``Output.publish`` of those topics; ``versions``: ``send_and_wait`` of
+    model-versions; ``local``: the co-located serving copy's swap (worker)."""
+    from learner.checkpoints import CheckpointManager
+    from learner.learner import Learner
+    from lifecycle.adaptation import DriftWatch
+    from lifecycle.durability import Durability
+    from lifecycle.guard import StabilityGuard
+    from lifecycle.journal import UpdateJournal
+    from lifecycle.layout import CheckpointLayout
+    from lifecycle.probes import ProbeSets
+    from lifecycle.publishing import ModelStore, VersionPublisher
+    from lifecycle.trainer import Trainer
+    from streams.acks import AckQueue
+    from streams.dedup import Deduplicator
+
+    ck = settings.checkpoint
+    layout = CheckpointLayout(ck.dir)
+    if learner is None:
+        # Built on its own thread: torch state stays with the thread that uses it.
+        learner = thread.call(Learner, settings.learner, settings.memory)
+    checkpoints = CheckpointManager(layout.checkpoints, keep_last=ck.keep_last)
+    journal = UpdateJournal(layout.journal) if ck.journal else None
+    dedup = Deduplicator(id_capacity=settings.stream.dedup_ids,
+                         text_window=settings.stream.dedup_text_window)
+    probes = ProbeSets(size=settings.metrics.probe_size, every=settings.metrics.probe_every)
+    trainer_ref: list = []
+    durability = Durability(ck, learner=learner, thread=thread, checkpoints=checkpoints,
+                            journal=journal, acks=AckQueue(latch, metrics), metrics=metrics,
+                            extra=lambda: trainer_ref[0].extra_state())
+    drift = DriftWatch(settings.drift, learner, metrics, thread,
+                       CheckpointManager(layout.pre_drift, keep_last=ck.keep_last))
+    drift.publish = drift_alerts
+    guard = champion = None
+    if settings.guard.enabled:
+        guard = StabilityGuard(margin=settings.guard.margin, min_probe=settings.guard.min_probe)
+        champion = CheckpointManager(layout.champion, keep_last=1)
+    publisher = VersionPublisher(settings.models, trainer_id=settings.kafka.app_id,
+                                 thread=thread, metrics=metrics,
+                                 store=ModelStore(settings.models.store), send=versions,
+                                 local=local)
+    trainer = Trainer(learner=learner, thread=thread, metrics=metrics, durability=durability,
+                      dedup=dedup, probes=probes,
+                      evaluate_every=settings.metrics.probe_every_updates, drift=drift,
+                      guard=guard, champion=champion, publisher=publisher,
+                      model_events=model_events, keep_last=ck.keep_last)
+    trainer_ref.append(trainer)
+    trainer.restore()
+    return trainer
+
+
+def build_serving(settings: Settings, *, metrics, thread, outputs, dedup):
+    """The serving half on ``thread``: its own base encoder, an empty version 0 until the
+    first version arrives. Returns ``(serving, base)``."""
+    from learner.model import default_model_path, resolve_device
+    from lifecycle.layout import CheckpointLayout
+    from serving.models import ServedModels
+    from serving.service import Serving
+    from serving.snapshot import ModelSnapshot, base_classifier
+
+    cfg = settings.learner
+    base = thread.call(base_classifier, cfg.model or default_model_path(),
+                       max_length=cfg.max_length, device=resolve_device(cfg.device))
+    mode = "head" if cfg.frozen else cfg.mode
+    models = ServedModels(thread.call(ModelSnapshot.empty, base, mode=mode),
+                          serve=settings.serve.model,
+                          student_dir=settings.serve.student_dir or CheckpointLayout(
+                              settings.checkpoint.dir).student,
+                          learner_config=cfg, metrics=metrics)
+    serving = Serving(limits=settings.stream, serve=settings.serve, metrics=metrics,
+                      thread=thread, models=models, outputs=outputs, dedup=dedup)
+    return serving, base
+
+
+def serving_outputs(app, settings: Settings, *, metrics, policy, samples: bool = False):
+    from serving.service import Outputs
+    from streams.app import output
+    from streams.records import DeadLetter, ExplanationRecord, Prediction, SampleRecord
+
+    k = settings.kafka
+    return Outputs(
+        predictions=output(app, k.predictions_topic, metrics=metrics, policy=policy,
+                           value_type=Prediction).publish,
+        dead_letters=output(app, k.dead_letter_topic, metrics=metrics, policy=policy,
+                            value_type=DeadLetter).publish,
+        explanations=output(app, k.explanations_topic, metrics=metrics, policy=policy,
+                            value_type=ExplanationRecord).publish,
+        samples=(output(app, k.samples_topic, metrics=metrics, policy=policy,
+                        value_type=SampleRecord).publish if samples else None))
+
+
+def trainer_outputs(app, settings: Settings, *, metrics, policy) -> dict:
+    from streams.app import output
+    from streams.records import DriftAlert, ModelEvent
+
+    k = settings.kafka
+    return {"drift_alerts": output(app, k.drift_topic, metrics=metrics, policy=policy,
+                                   value_type=DriftAlert).publish,
+            "model_events": output(app, k.model_events_topic, metrics=metrics, policy=policy,
+                                   value_type=ModelEvent).publish,
+            "versions": output(app, k.model_versions_topic, metrics=metrics,
+                               policy=policy).send_and_wait}
+
+
+def assemble_worker(settings: Settings, *, metrics, latch, model_thread, serving_thread,
+                    serving_outputs, trainer_outputs: dict, learner=None):
+    """Serving + trainer + their batch flow, without Faust (build_worker and tests)."""
+    from lifecycle.publishing import artifact_from_learner
+    from serving.snapshot import ModelSnapshot
+
+    parts: dict = {}
+
+    async def local(artifact, published_ts):
+        serving, base = parts["serving"], parts["base"]
+        snapshot = await serving.thread.run(ModelSnapshot.from_artifact, artifact, base,
+                                            published_ts=published_ts)
+        serving.models.swap(snapshot)
+
+    trainer = build_trainer(settings, metrics=metrics, latch=latch, thread=model_thread,
+                            learner=learner, local=local, **trainer_outputs)
+    # Serving drops ids the trainer already holds (its dedup travels in the checkpoints).
+    serving, base = build_serving(settings, metrics=metrics, thread=serving_thread,
+                                  outputs=serving_outputs, dedup=trainer.dedup)
+    parts.update(serving=serving, base=base)
+    # The serving copy starts at the resumed version, before the first batch is predicted.
+    artifact = model_thread.call(artifact_from_learner, trainer.learner)
+    serving.models.swap(serving_thread.call(ModelSnapshot.from_artifact, artifact, base))
+    serving_thread.call(serving.models.maybe_reload_student)
+    return WorkerFlow(serving, trainer)
+
+
+def _source_agents(app, settings: Settings, handle) -> None:
+    from streams.agents.ingest import register_ingest_agent
+
+    for topic_name, task in settings.kafka.source_topics().items():
+        source = app.topic(topic_name, value_type=bytes, value_serializer="raw",
+                           key_serializer="raw")
+        register_ingest_agent(app, source, task, handle, batch_size=settings.stream.batch_size,
+                              max_wait_s=settings.stream.max_wait_s)
+
+
+def _student_timer(app, settings: Settings, serving) -> None:
+    if serving.models.serve != "student":
+        return
+
+    @app.timer(interval=settings.serve.reload_interval_s)
+    async def reload_student():
+        await serving.thread.run(serving.models.maybe_reload_student)
+
+
+def _trainer_timers(app, trainer) -> None:
+    @app.timer(interval=min(1.0, trainer.durability.config.idle_s))
+    async def flush_idle():
+        # Events wait for a checkpoint before their offsets are committed; when the stream
+        # goes quiet, make them durable now rather than at the next batch.
+        try:
+            await trainer.flush_if_idle()
+        except Exception as exc:   # a timer that raises would die silently
+            trainer.latch.fail("checkpoint", exc)
+
+    @app.task
+    async def announce():
+        try:
+            await trainer.announce_start()
+        except Exception:
+            log.exception("could not announce the resumed model version")
+
+
+def _threads(settings: Settings):
+    from streams.handoff import ModelThread
+
+    return ModelThread(queue_size=settings.stream.handoff_queue)
+
+
+# -- the roles --------------------------------------------------------------------------------
+
+def build_worker(settings: Settings) -> Role:
+    """All-in-one: serving and training in one process (the embedded default)."""
+    from lifecycle.layout import CheckpointLayout
+    from serving.api import register_api
+    from streams.acks import FailStop
+    from streams.app import add_lag_timer, create_app, delivery_policy
+    from streams.handoff import ModelThread
+
+    metrics = build_metrics(settings)
+    latch = FailStop(metrics)
+    policy = delivery_policy(settings.stream)
+    model_thread = _threads(settings)
+    serving_thread = ModelThread(queue_size=max(2, settings.stream.handoff_queue),
+                                 name="streamlearner-serving")
+    flow_ref: list = []
+    app = create_app(settings, app_id=settings.kafka.app_id,
+                     data_dir=str(CheckpointLayout(settings.checkpoint.dir).faust_data()),
+                     registry=metrics.registry, latch=latch,
+                     health=lambda: {"model_version": flow_ref[0].trainer.learner.model_version})
+    flow = assemble_worker(
+        settings, metrics=metrics, latch=latch, model_thread=model_thread,
+        serving_thread=serving_thread,
+        serving_outputs=serving_outputs(app, settings, metrics=metrics, policy=policy),
+        trainer_outputs=trainer_outputs(app, settings, metrics=metrics, policy=policy))
+    flow_ref.append(flow)
+    trainer, serving = flow.trainer, flow.serving
+    _source_agents(app, settings, flow.handle)
+    add_lag_timer(app, metrics, set(settings.kafka.source_topics()),
+                  settings.metrics.lag_interval_s)
+    _trainer_timers(app, trainer)
+    _student_timer(app, settings, serving)
+    register_api(app, tasks=tasks_of(settings), max_chars=settings.stream.max_text_chars,
+                 admin_token=settings.serve.admin_token, serving=serving, trainer=trainer)
+
+    def close() -> None:
+        serving_thread.close()
+        model_thread.close()
+        if trainer.durability.journal is not None:
+            trainer.durability.journal.close()
+
+    return Role("worker", settings, app, latch, metrics, drain=flow.drain, close=close,
+                checkpoint_now=trainer.durability.checkpoint_now,
+                version=lambda: trainer.learner.model_version,
+                parts={"trainer": trainer, "serving": serving, "flow": flow})
+
+
+def build_serve(settings: Settings) -> Role:
+    """A serving replica: predictions and samples; versions from the model-versions topic."""
+    from lifecycle.layout import CheckpointLayout
+    from lifecycle.publishing import ModelStore, base_model_id
+    from serving.api import register_api
+    from serving.follower import VersionFollower
+    from streams.acks import AckQueue, FailStop
+    from streams.app import add_lag_timer, create_app, delivery_policy, kafka_consumer
+    from streams.dedup import Deduplicator
+
+    metrics = build_metrics(settings)
+    latch = FailStop(metrics)
+    policy = delivery_policy(settings.stream)
+    thread = _threads(settings)
+    app_id = f"{settings.kafka.app_id}-serve"
+    serving_ref: list = []
+    app = create_app(settings, app_id=app_id,
+                     data_dir=str(CheckpointLayout(settings.checkpoint.dir).faust_data("serve")),
+                     registry=metrics.registry, latch=latch,
+                     health=lambda: {"model_version": serving_ref[0].models.model_version})
+    # Best-effort id dedup: a replica keeps no state; the trainer's dedup is the exact one.
+    dedup = Deduplicator(id_capacity=settings.stream.dedup_ids, text_window=0)
+    serving, base = build_serving(
+        settings, metrics=metrics, thread=thread, dedup=dedup,
+        outputs=serving_outputs(app, settings, metrics=metrics, policy=policy, samples=True))
+    serving_ref.append(serving)
+    thread.call(serving.models.maybe_reload_student)
+    follower = VersionFollower(serving.models, base=base, base_model=base_model_id(base),
+                               thread=thread, store=ModelStore(settings.models.store),
+                               metrics=metrics)
+    flow = ServeFlow(serving, AckQueue(latch, metrics), serving.outputs.samples)
+    _source_agents(app, settings, flow.handle)
+    add_lag_timer(app, metrics, set(settings.kafka.source_topics()),
+                  settings.metrics.lag_interval_s)
+    _student_timer(app, settings, serving)
+    register_api(app, tasks=tasks_of(settings), max_chars=settings.stream.max_text_chars,
+                 admin_token=settings.serve.admin_token, serving=serving)
+
+    @app.task
+    async def follow_versions():
+        while not latch.failed:
+            consumer = kafka_consumer(settings.kafka, client_id=f"{app_id}-versions")
+            try:
+                await consumer.start()
+                await follower.run(consumer, settings.kafka.model_versions_topic)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following model versions failed; retrying in 2 s")
+                await asyncio.sleep(2.0)
+            finally:
+                try:
+                    await consumer.stop()
+                except Exception:
+                    pass
+
+    return Role("serve", settings, app, latch, metrics, drain=flow.drain, close=thread.close,
+                version=lambda: serving.models.model_version,
+                parts={"serving": serving, "follower": follower, "flow": flow})
+
+
+def build_train(settings: Settings) -> Role:
+    """The trainer: learns from the samples topic and publishes model versions."""
+    from lifecycle.layout import CheckpointLayout
+    from serving.api import register_api
+    from streams.acks import FailStop
+    from streams.agents.ingest import register_ingest_agent
+    from streams.app import add_lag_timer, create_app, delivery_policy, output
+    from streams.records import DeadLetter
+    from streams.topics import newest_record
+
+    metrics = build_metrics(settings)
+    latch = FailStop(metrics)
+    policy = delivery_policy(settings.stream)
+    thread = _threads(settings)
+    k = settings.kafka
+    trainer_ref: list = []
+    app = create_app(settings, app_id=f"{k.app_id}-train",
+                     data_dir=str(CheckpointLayout(settings.checkpoint.dir).faust_data("train")),
+                     registry=metrics.registry, latch=latch,
+                     health=lambda: {"model_version": trainer_ref[0].learner.model_version})
+    trainer = build_trainer(settings, metrics=metrics, latch=latch, thread=thread,
+                            **trainer_outputs(app, settings, metrics=metrics, policy=policy))
+    trainer_ref.append(trainer)
+    from lifecycle.publishing import ArtifactError, VersionRecord
+
+    try:
+        raw = newest_record(k.servers, k.model_versions_topic, key=k.app_id.encode(),
+                            client_kwargs=k.client_kwargs())
+        if raw is not None:
+            trainer.publisher.resume_after(VersionRecord.from_json(raw))
+    except ArtifactError as err:
+        log.warning("the newest model-versions record is not readable (%s); publishing "
+                    "continues from the checkpoint's sequence", err)
+    dead_letters = output(app, k.dead_letter_topic, metrics=metrics, policy=policy,
+                          value_type=DeadLetter).publish
+    flow = TrainFlow(trainer, tasks=set(tasks_of(settings)), limits=settings.stream,
+                     dead_letters=dead_letters, metrics=metrics)
+    samples = app.topic(k.samples_topic, value_type=bytes, value_serializer="raw",
+                        key_serializer="raw")
+    register_ingest_agent(app, samples, "samples", flow.handle,
+                          batch_size=settings.stream.batch_size,
+                          max_wait_s=settings.stream.max_wait_s, name="train")
+    add_lag_timer(app, metrics, {k.samples_topic}, settings.metrics.lag_interval_s)
+    _trainer_timers(app, trainer)
+    register_api(app, tasks=tasks_of(settings), max_chars=settings.stream.max_text_chars,
+                 admin_token=settings.serve.admin_token, trainer=trainer)
+
+    def close() -> None:
+        thread.close()
+        if trainer.durability.journal is not None:
+            trainer.durability.journal.close()
+
+    return Role("train", settings, app, latch, metrics, drain=flow.drain, close=close,
+                checkpoint_now=trainer.durability.checkpoint_now,
+                version=lambda: trainer.learner.model_version,
+                parts={"trainer": trainer, "flow": flow})
+
+
+BUILDERS = {"worker": build_worker, "serve": build_serve, "train": build_train}
+
+
+# -- running one --------------------------------------------------------------------------------
+
+def _worker_class():
+    import faust
+
+    class DrainingWorker(faust.Worker):
+        """On SIGTERM / SIGINT: drain (finish the batch, checkpoint, ack), then stop as Faust
+        does. A second signal stops at once."""
+
+        drain = None
+        _draining = False
+
+        def _drain_then(self, stop) -> None:
+            if self._draining or self.drain is None:
+                stop()
+                return
+            self._draining = True
+
+            async def drain_and_stop():
+                try:
+                    await asyncio.wait_for(self.drain(), timeout=120)
+                except Exception:   # stopping matters more than a clean drain
+                    log.exception("drain before stop failed; un-acked events will be redelivered")
+                stop()
+
+            self.loop.create_task(drain_and_stop())
+
+        def _on_sigterm(self) -> None:
+            self._drain_then(super()._on_sigterm)
+
+        def _on_sigint(self) -> None:
+            self._drain_then(super()._on_sigint)
+
+    return DrainingWorker
+
+
+def run_role(name: str, settings: Settings, *, loglevel: str = "info") -> int:
+    """Run a role until stopped; 0 after a clean stop, :data:`EXIT_FAILED` after a fail-stop."""
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()  # `_created` series double the scrape for no dashboard use
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would flood the log
+    os.makedirs(settings.checkpoint.dir, exist_ok=True)
+    log.info("role %s, settings: %r", name, settings)
+    role = BUILDERS[name](settings)
+    worker = _worker_class()(role.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.drain = role.drain
+    # A fail-stop stops the process as SIGTERM does; the drain then does nothing (no ack,
+    # no checkpoint), so Kafka redelivers everything after the last checkpoint.
+    role.latch.on_failure = lambda failure: worker._on_sigterm()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        role.checkpoint_now()
+        role.close()
+        log.info("%s stopped at model version %d", name, role.version())
+    if role.latch.failed:
+        log.error("%s exits with code %d: %s", name, EXIT_FAILED, role.latch.failure)
+        return EXIT_FAILED
+    return 0
+
+
+def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
+    return run_role("worker", settings, loglevel=loglevel)

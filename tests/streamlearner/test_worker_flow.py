@@ -1,0 +1,89 @@
+"""The all-in-one worker's batch path: the real serving half and trainer (tiny model),
+outputs in memory (tests/harness.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import make_worker, raw
+
+
+@pytest.fixture
+def make(tiny_model_dir, tmp_path):
+    made = []
+
+    def build(**env):
+        h = make_worker(tmp_path, tiny_model_dir, **env)
+        made.append(h)
+        return h
+
+    yield build
+    for h in made:
+        h.close()
+
+
+async def test_batch_outcomes(make):
+    pipe = make(STREAM_DEDUP_TEXT_WINDOW=100)
+    batch = [
+        raw(0, {"id": "a", "text": "my card is lost", "label": "lost"}),
+        raw(1, b"\xff\xfe"),
+        raw(2, {"id": "b", "text": "what is the rate", "label": "rate"}),
+        raw(3, {"id": "a", "text": "my card is lost", "label": "lost"}),   # same id again
+        raw(4, {"id": "c", "text": "my  card is <b>lost</b>", "label": "lost"}),  # same cleaned text
+        raw(5, {"id": "d", "text": "no label here"}),
+    ]
+    report = await pipe.handle("feedback", batch)
+    assert (report.accepted, report.invalid, report.duplicate, report.trained) == (4, 1, 1, 2)
+    preds = pipe.predictions()
+    assert [k for k, _ in preds] == ["a", "b", "c", "d"]
+    assert all(r.label is None for _, r in preds)   # nothing learned before the first predict
+    [(key, dl)] = pipe.dead_letters()
+    assert key == "customer-feedback:0:1" and dl.reason == "invalid_utf8" and dl.offset == 1
+    assert dl.payload_encoding == "base64"
+    get = pipe.registry.get_sample_value
+    assert get("streamlearner_stream_events_total",
+               {"topic": "customer-feedback", "outcome": "accepted"}) == 4
+    assert get("streamlearner_stream_events_total",
+               {"topic": "customer-feedback", "outcome": "duplicate"}) == 1
+    assert get("streamlearner_stream_dead_letters_total",
+               {"topic": "customer-feedback", "reason": "invalid_utf8"}) == 1
+    assert get("streamlearner_stream_repeat_texts_total", {"task": "feedback"}) == 1
+    assert get("streamlearner_learner_samples_total", {"task": "feedback", "kind": "new"}) == 2
+    assert get("streamlearner_learner_model_version") == 1 == report.model_version
+    assert get("streamlearner_learner_freshness_seconds_count", {"task": "feedback"}) == 2
+    assert get("streamlearner_learner_prequential_accuracy_ratio", {"task": "feedback"}) == 0.0
+
+
+async def test_the_next_batch_is_served_by_the_version_that_learned_the_last(make):
+    pipe = make(LEARNER_MODE="head")
+    await pipe.handle("feedback", [raw(0, {"id": "a", "text": "my card is lost",
+                                           "label": "lost"})])
+    assert pipe.serving.models.model_version == pipe.learner.model_version == 1
+    await pipe.handle("feedback", [raw(1, {"id": "b", "text": "card lost again"})])
+    (_, pred), = pipe.predictions()[-1:]
+    assert pred.model_version == 1 and pred.label == "lost"
+
+
+async def test_checkpoint_when_due_and_restore(make):
+    pipe = make(CHECKPOINT_EVERY_UPDATES=1)
+    await pipe.handle("market", [raw(0, {"id": "m1", "text": "profit rose", "label": "positive"},
+                                     topic="market-events")])
+    assert pipe.checkpoints.latest() is not None
+    pipe2 = make()
+    assert pipe2.learner.model_version == 1
+    assert pipe2.registry.get_sample_value("streamlearner_learner_model_version") == 1
+    assert pipe2.dedup.seen_id("market", "m1")   # dedup state came back with the checkpoint
+    assert pipe2.serving.models.model_version == 1   # the serving copy starts there too
+
+
+async def test_unexpected_error_is_dead_lettered_not_lost(make, monkeypatch):
+    pipe = make()
+    import streams.admit as mod
+
+    def broken(event):
+        raise KeyError("bug")
+    monkeypatch.setattr(mod, "clean_event", broken)
+    report = await pipe.handle("feedback", [raw(7, {"id": "x", "text": "hi"})])
+    assert report.invalid == 1
+    [(_, dl)] = pipe.dead_letters()
+    assert dl.reason == "internal_error" and dl.offset == 7
