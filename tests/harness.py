@@ -191,3 +191,52 @@ class Acks:
         async def ack():
             self.done.append(name)
         return ack
+
+
+def make_split(tmp_path, model_dir: str, *, broker: Broker | None = None, **env):
+    """A serving replica's flow and a trainer's flow over one in-memory broker:
+    ``(serve_flow, train_flow, broker, registry)``; the samples the replica publishes are in
+    ``broker.records("samples")`` (SampleRecords)."""
+    from serving.service import Outputs
+    from streamlearner.roles import ServeFlow, TrainFlow, build_serving, build_trainer
+    from streamlearner.settings import Settings
+    from streams.acks import AckQueue, FailStop
+    from streams.dedup import Deduplicator
+    from streams.handoff import ModelThread
+
+    base = {"CHECKPOINT_DIR": str(tmp_path / "ck"), "MODELS_STORE": str(tmp_path / "models"),
+            "LEARNER_MODEL": model_dir, "LEARNER_MODE": "head", "LEARNER_DEVICE": "cpu",
+            "STREAM_DEDUP_TEXT_WINDOW": "0", "METRICS_PROBE_SIZE": "0",
+            "MEMORY_CAPACITY": "50", "GUARD_ENABLED": "false"}
+    settings = Settings.from_env({**base, **{k: str(v) for k, v in env.items()}})
+    broker = broker if broker is not None else Broker()
+    reg = CollectorRegistry()
+    metrics = Metrics(registry=reg, topics=list(settings.kafka.source_topics()) + ["samples"],
+                      tasks=["feedback", "market"], reasons=[r.value for r in Reason],
+                      outputs=list(TOPICS))
+    policy = DeliveryPolicy(retries=1, backoff_s=0.0, backoff_max_s=0.0)
+
+    def out(topic):
+        return Output(topic, broker.sender(topic), metrics=metrics, policy=policy)
+
+    serve_latch, train_latch = FailStop(metrics), FailStop(metrics)
+    serving, _ = build_serving(
+        settings, metrics=metrics, thread=ModelThread(), dedup=Deduplicator(text_window=0),
+        outputs=Outputs(predictions=out("predictions").publish,
+                        dead_letters=out("dead-letters").publish,
+                        samples=out("samples").publish))
+    serve = ServeFlow(serving, AckQueue(serve_latch, metrics), serving.outputs.samples)
+    trainer = build_trainer(settings, metrics=metrics, latch=train_latch, thread=ModelThread(),
+                            drift_alerts=out("drift-alerts").publish,
+                            model_events=out("model-events").publish,
+                            versions=out("model-versions").send_and_wait)
+    train = TrainFlow(trainer, tasks={"feedback", "market"}, limits=settings.stream,
+                      dead_letters=out("dead-letters").publish, metrics=metrics)
+    return serve, train, broker, reg
+
+
+def sample_events(broker: Broker, start: int = 0, topic: str = "samples") -> list[RawEvent]:
+    """The replica's samples as the trainer's agent would read them."""
+    return [RawEvent(value=record.dumps(serializer="json"), topic=topic, partition=0,
+                     offset=start + i, timestamp=0.0)
+            for i, (_, record) in enumerate(broker.records("samples")[start:])]

@@ -49,7 +49,12 @@ class Prometheus:
         config = yaml.safe_load((MON / "prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
         config["rule_files"] = [str(MON / rule) for rule in config["rule_files"]]
-        config["scrape_configs"][0]["static_configs"][0]["targets"] = [target]
+        # The compose file finds replicas by DNS; here the one worker is a static target, with
+        # the same job and relabelling (a role label).
+        job = config["scrape_configs"][0]
+        job.pop("dns_sd_configs")
+        job["static_configs"] = [{"targets": [target], "labels": {"role": "worker"}}]
+        job.pop("relabel_configs", None)
         self.config = tmp_path / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
         self.log = tmp_path / "prometheus.log"

@@ -112,35 +112,45 @@ def test_compose_references_are_defined(compose):
             else:
                 assert source in volumes, (name, source)
         assert "restart" in svc, name
-    for name in ("kafka", "worker", "worker-gpu", "prometheus", "grafana"):
+    for name in ("kafka", "serve", "trainer", "trainer-gpu", "worker", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name
     profiles = {p for s in services.values() for p in s.get("profiles", [])}
-    assert {"gpu", "demo"} <= profiles
-    assert "checkpoints" in volumes
-    gpu = services["worker-gpu"]
+    assert {"gpu", "demo", "worker", "tracking"} <= profiles
+    assert not services["serve"].get("profiles") and not services["trainer"].get("profiles")
+    assert {"checkpoints", "models"} <= volumes
+    gpu = services["trainer-gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert "cu" in gpu["build"]["args"]["TORCH_INDEX_URL"]
-    assert "worker" in aliases
+    assert "trainer" in aliases
+    # The trainer writes the model store, replicas only read it: the same volume.
+    store = {name: next(m for m in services[name]["volumes"] if m.startswith("models:"))
+             for name in ("serve", "trainer", "trainer-gpu", "worker")}
+    assert store["serve"].endswith(":ro")
+    assert len({m.split(":")[1] for m in store.values()}) == 1
 
 
 def test_compose_env_and_ports_match_the_worker_settings(compose):
     known = {s.env for s in setting_specs()} | {"LOGLEVEL"}
     services = compose["services"]
     prom = yaml.safe_load((MON / "prometheus.yml").read_text())
-    [target] = prom["scrape_configs"][0]["static_configs"][0]["targets"]
-    for name in ("worker", "worker-gpu", "topic-init"):
+    [sd] = prom["scrape_configs"][0]["dns_sd_configs"]
+    assert set(sd["names"]) == {"serve", "trainer", "worker"}
+    for name in ("serve", "trainer", "trainer-gpu", "worker", "topic-init"):
         env = {k: str(v) for k, v in services[name]["environment"].items()}
         assert set(env) <= known, set(env) - known
         settings = Settings.from_env(env)   # valid values, or SettingsError
         assert settings.kafka.bootstrap.split(":")[0] in services
         assert settings.metrics.host == "0.0.0.0"
+        assert settings.kafka.partitions >= 3        # room for several serving replicas
         if name != "topic-init":
-            host_port, container_port = services[name]["ports"][0].split(":")
-            assert int(container_port) == settings.metrics.port
-            assert target == f"worker:{settings.metrics.port}"
-            mount = services[name]["volumes"][0].split(":")[1]
-            assert settings.checkpoint.dir.startswith(mount)
-    feedback = Settings.from_env(services["worker"]["environment"]).kafka
+            host_port, container_port = services[name]["ports"][0].rsplit(":", 1)
+            assert int(container_port) == settings.metrics.port == sd["port"]
+            mounts = [v.split(":")[1] for v in services[name]["volumes"]]
+            assert any(settings.checkpoint.dir.startswith(m) for m in mounts)
+            assert settings.models.store in mounts
+            assert services[name]["command"][0] == {"trainer-gpu": "train",
+                                                    "trainer": "train"}.get(name, name)
+    feedback = Settings.from_env(services["serve"]["environment"]).kafka
     for demo in ("demo-feedback", "demo-market"):
         cmd = services[demo]["command"]
         assert cmd[1] in (feedback.feedback_topic, feedback.market_topic)

@@ -1,0 +1,81 @@
+"""Serve and train roles joined by the samples topic (in memory): a replica acks once its
+outputs are out, the trainer trains each sample id once (a replica's redelivery is dropped),
+bad samples are dead-lettered, and the trainer's version reaches the replica."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Acks, labeled, make_split, raw, sample_events
+
+
+async def test_samples_flow_from_replica_to_trainer_exactly_once(tiny_model_dir, tmp_path):
+    serve, train, broker, reg = make_split(tmp_path, tiny_model_dir,
+                                           CHECKPOINT_EVERY_UPDATES=1)
+    acks = Acks()
+    first = labeled(["a", "b", "c"]) + [raw(3, {"id": "u", "text": "no label"})]
+    report = await serve.handle("feedback", first, acks("serve-1"))
+    assert report.accepted == 4 and acks.done == ["serve-1"]    # acked once delivered
+    samples = broker.records("samples")
+    assert [k for k, _ in samples] == ["a", "b", "c", "u"]
+    assert all(r.model_version == 0 and r.predicted is None for _, r in samples)
+    assert samples[0][1].offset == 0 and samples[0][1].topic == "customer-feedback"
+
+    batch = sample_events(broker)
+    r1 = await train.handle("samples", batch, acks("train-1"))
+    assert (r1.accepted, r1.trained) == (4, 3) and r1.model_version == 1
+    assert acks.done[-1] == "train-1"                            # after the checkpoint
+    # The replica crashed before its offsets were committed: a fresh one (no dedup state)
+    # gets the same events again and publishes their samples again.
+    from streams.dedup import Deduplicator
+
+    serve.serving.dedup = Deduplicator(text_window=0)
+    await serve.handle("feedback", first, acks("serve-again"))
+    assert len(broker.records("samples")) == 8
+    again = await train.handle("samples", sample_events(broker, start=4), acks("train-2"))
+    assert again.trained == 0 and again.model_version == 1
+    assert reg.get_sample_value("streamlearner_train_duplicate_samples_total",
+                                {"task": "feedback"}) == 4   # the unlabeled one too
+    counts = train.trainer.durability.journal.trained_counts()
+    assert sorted(i for _, i in counts) == ["a", "b", "c"] and set(counts.values()) == {1}
+    # Prequential accuracy uses the prediction each sample carries (version 0: no label).
+    assert reg.get_sample_value("streamlearner_learner_prequential_accuracy_ratio",
+                                {"task": "feedback"}) == 0.0
+
+
+async def test_a_bad_sample_is_dead_lettered_with_its_coordinates(tiny_model_dir, tmp_path):
+    from streams.admit import RawEvent
+
+    serve, train, broker, reg = make_split(tmp_path, tiny_model_dir)
+    await serve.handle("feedback", labeled(["a"]), Acks()("s"))
+    good = sample_events(broker)
+    bad = [RawEvent(b'{"id": "x"}', "samples", 0, 9, 0.0),
+           RawEvent(b'{"id": "y", "task": "weather", "text": "t", "ts": 0, "topic": "t", '
+                    b'"partition": 0, "offset": 0, "timestamp": 0, "confidence": 0, '
+                    b'"model_version": 0}', "samples", 0, 10, 0.0)]
+    report = await train.handle("samples", good + bad, Acks()("t"))
+    assert (report.trained, report.invalid) == (1, 2)
+    letters = {k: v.reason for k, v in broker.records("dead-letters")}
+    assert letters == {"samples:0:9": "missing_field", "samples:0:10": "unknown_task"}
+
+
+async def test_the_trainers_version_is_what_the_replica_serves_next(tiny_model_dir, tmp_path):
+    from lifecycle.publishing import base_model_id
+    from serving.follower import VersionFollower
+
+    serve, train, broker, reg = make_split(tmp_path, tiny_model_dir, MODELS_PUBLISH_EVERY_S=1e-6)
+    await serve.handle("feedback", labeled(["a", "b"], label="lost") +
+                       labeled(["c", "d"], 2, label="rate"), Acks()("s"))
+    await train.handle("samples", sample_events(broker), Acks()("t"))
+    await train.trainer.publisher.wait()
+    [(key, record)] = broker.records("model-versions")
+    models = serve.serving.models
+    base = serve.serving.models.current.model   # the replica's base (a head-mode shell)
+    follower = VersionFollower(models, base=base, base_model=base_model_id(base),
+                               thread=serve.serving.thread)
+    assert await follower.offer(record)
+    assert models.model_version == 1
+    report = await serve.handle("feedback", [raw(9, {"id": "e", "text": "text of a"})],
+                                Acks()("s2"))
+    assert report.model_version == 1
+    assert broker.records("predictions")[-1][1].label in {"lost", "rate"}
