@@ -140,6 +140,10 @@ def run(args: argparse.Namespace) -> dict:
         "KAFKA_PREDICTIONS_TOPIC": f"perf-predictions-{uid}",
         "KAFKA_DEAD_LETTER_TOPIC": f"perf-dead-letters-{uid}",
         "KAFKA_DRIFT_TOPIC": f"perf-drift-{uid}", "KAFKA_EXPLANATIONS_TOPIC": f"perf-explanations-{uid}",
+        "KAFKA_MODEL_EVENTS_TOPIC": f"perf-model-events-{uid}",
+        "KAFKA_SAMPLES_TOPIC": f"perf-samples-{uid}",
+        "KAFKA_MODEL_VERSIONS_TOPIC": f"perf-model-versions-{uid}",
+        "MODELS_STORE": str(work / "models"),
         "METRICS_PORT": str(free_port()), "CHECKPOINT_DIR": str(work / "checkpoints"),
         "METRICS_PROBE_SIZE": "0",  # every labeled event is trained on (and timed)
         "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",

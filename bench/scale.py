@@ -1,0 +1,488 @@
+"""Scale-out benchmarks (issue #12): serving replicas and one trainer, real processes, one run.
+
+Every part runs the product's role commands (``streamlearner serve`` / ``train`` / ``worker``)
+as separate processes on the embedded broker, with the bundled MiniLM, each process on one
+torch thread (``OMP_NUM_THREADS=1``) unless said otherwise:
+
+* ``predict``: ``POST /predict`` latency of one unseen text (one request every 50 ms) on a
+  serving replica while the trainer trains at full speed on a backlog of samples — beside
+  the same request on the all-in-one worker while it trains a backlog (its serving thread),
+  and beside the design before the split (prediction queued on the model thread, in process:
+  ``bench.perf.serving``'s ``single_under_training_shared``). Target: replica p99 ≤ 20 ms.
+* ``staleness``: from the same run, the replica's ``streamlearner_serve_model_staleness_seconds``
+  (trainer publish → replica serving) at the default cadence (``MODELS_PUBLISH_EVERY_S=1``),
+  head mode. Target: p99 ≤ 2 s.
+* ``scale``: events/s of 1 vs 2 replicas (one consumer group, a 6-partition topic) over the
+  same stream, a trained version served. Target: 2 replicas ≥ 1.7× one.
+* ``worker``: the all-in-one worker's end-to-end events/s over a labeled backlog (default
+  settings: head mode, drift on) beside the raw batch-inference texts/s of the same encoder at
+  the same batch size (32) and threads, measured in the same run. Target: ≥ 0.8×.
+
+Writes ``results.json``, ``results.md`` and ``scale.png`` to ``--out``.
+
+    python -m bench.scale --out bench/results/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from bench.perf.common import ROOT, banking77, machine, summary
+
+TASK = "feedback"
+
+
+# -- processes --------------------------------------------------------------------------------
+
+class Role:
+    """One ``streamlearner <role>`` process with its own port and checkpoint folder."""
+
+    def __init__(self, role: str, env: dict, work: Path, name: str, threads: int = 1):
+        from tools.broker import free_port
+
+        self.role, self.name = role, name
+        self.port = free_port()
+        self.env = dict(os.environ, **env, METRICS_PORT=str(self.port),
+                        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.env.setdefault("CHECKPOINT_DIR", str(work / name))
+        self.log = work / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 300) -> "Role":
+        from tools.demo import wait_http
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamlearner.cli", self.role],
+                                     env=self.env, cwd=ROOT, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(f"http://127.0.0.1:{self.port}/healthz", timeout, self.proc)
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2):
+                    return
+            except Exception:
+                time.sleep(0.3)
+        raise TimeoutError(f"{self.name} not ready")
+
+    def metrics(self) -> dict:
+        from tools.demo import scrape
+
+        return scrape(f"http://127.0.0.1:{self.port}/metrics")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _env(bootstrap: str, work: Path, uid: str, **extra) -> dict:
+    env = {"KAFKA_BOOTSTRAP": bootstrap, "KAFKA_APP_ID": f"bench-{uid}",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "LOGLEVEL": "warning",
+           "MODELS_STORE": str(work / "models"), "METRICS_PROBE_SIZE": "0",
+           "KAFKA_SESSION_TIMEOUT_S": "10", "STREAM_DEDUP_TEXT_WINDOW": "0"}
+    for name in ("feedback", "market", "predictions", "dead-letters", "drift-alerts",
+                 "explanations", "model-events", "samples", "model-versions"):
+        key = {"feedback": "FEEDBACK", "market": "MARKET", "dead-letters": "DEAD_LETTER",
+               "drift-alerts": "DRIFT", "model-events": "MODEL_EVENTS",
+               "model-versions": "MODEL_VERSIONS"}.get(name, name.upper())
+        env[f"KAFKA_{key}_TOPIC"] = f"{name}-{uid}"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _topics(bootstrap: str, env: dict, partitions: int) -> None:
+    from streams.topics import COMPACTED, create_topics
+
+    topics = {v: 1 for k, v in env.items() if k.startswith("KAFKA_") and k.endswith("_TOPIC")}
+    topics[env["KAFKA_FEEDBACK_TOPIC"]] = partitions
+    topics[env["KAFKA_MODEL_VERSIONS_TOPIC"]] = (1, COMPACTED)
+    create_topics(bootstrap, topics)
+
+
+def _events(texts, labels, prefix: str, n: int, labeled: bool = True) -> list[bytes]:
+    import orjson
+
+    out = []
+    for i in range(n):
+        e = {"id": f"{prefix}-{i}", "text": texts[i % len(texts)] +
+             (f" ({i // len(texts)})" if i >= len(texts) else "")}
+        if labeled:
+            e["label"] = labels[i % len(labels)]
+        out.append(orjson.dumps(e))
+    return out
+
+
+def _samples(texts, labels, prefix: str, n: int, source: str) -> list[bytes]:
+    """Samples as a replica publishes them (the trainer's backlog)."""
+    from streams.records import Sample, SampleRecord
+
+    now = time.time()
+    return [SampleRecord.of(Sample(id=f"{prefix}-{i}", task=TASK,
+                                   text=texts[i % len(texts)] + f" #{i}",
+                                   label=labels[i % len(labels)], ts=now, topic=source,
+                                   partition=0, offset=i, timestamp=now, predicted=None,
+                                   confidence=0.0, model_version=0),
+                            now).dumps(serializer="json") for i in range(n)]
+
+
+def _unseen(n: int) -> list[str]:
+    import csv
+
+    with open(ROOT / "data" / "banking77" / "test.csv", newline="") as f:
+        return [r["text"] for r in csv.DictReader(f)][:n]
+
+
+def _probe(port: int, texts: list[str], every: float = 0.05) -> list[float]:
+    out = []
+    for text in texts:
+        body = json.dumps({"task": TASK, "text": text}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body,
+                                     headers={"content-type": "application/json"})
+        t = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+        out.append(time.perf_counter() - t)
+        time.sleep(every)
+    return out
+
+
+def _histogram(samples: dict, name: str) -> dict:
+    buckets = sorted(((float(dict(lbl)["le"]), v) for (n, lbl), v in samples.items()
+                      if n == name + "_bucket"), key=lambda b: b[0])
+    total = buckets[-1][1] if buckets else 0.0
+    p99 = next((le for le, c in buckets if total and c >= 0.99 * total), float("nan"))
+    p50 = next((le for le, c in buckets if total and c >= 0.5 * total), float("nan"))
+    return {"count": total, "p50_upper_bound_seconds": p50, "p99_upper_bound_seconds": p99,
+            "buckets": {str(le): c for le, c in buckets}}
+
+
+def _count(role: Role, name: str) -> float:
+    from tools.demo import metric_sum
+
+    try:
+        return metric_sum(role.metrics(), name)
+    except Exception:
+        return float("nan")
+
+
+# -- the parts --------------------------------------------------------------------------------
+
+def part_predict(bootstrap: str, work: Path, args) -> dict:
+    """Replica /predict while the trainer trains a backlog; the worker likewise; staleness."""
+    from tools.publish import publish
+
+    texts, labels = banking77(seed=args.seed)
+    unseen = _unseen(2 * args.requests + 20)
+    uid = uuid.uuid4().hex[:6]
+    env = _env(bootstrap, work, uid)
+    _topics(bootstrap, env, 6)
+    out: dict = {}
+    # A trained version exists before the replica starts (so it predicts real labels).
+    publish(bootstrap, env["KAFKA_SAMPLES_TOPIC"],
+            _samples(texts, labels, "warm", 200, env["KAFKA_FEEDBACK_TOPIC"]), progress=False)
+    trainer = Role("train", env, work, f"trainer-{uid}").start()
+    replica = Role("serve", env, work, f"serve-{uid}").start()
+    try:
+        deadline = time.monotonic() + 120
+        while _count(replica, "streamlearner_serve_model_version") < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        _probe(replica.port, unseen[:10], every=0.0)                       # warm-up
+        before = _count(trainer, "streamlearner_learner_updates_total")
+        publish(bootstrap, env["KAFKA_SAMPLES_TOPIC"],
+                _samples(texts, labels, "load", args.backlog, env["KAFKA_FEEDBACK_TOPIC"]),
+                progress=False)
+        started = time.monotonic()
+        lat = _probe(replica.port, unseen[10:10 + args.requests])
+        seconds = time.monotonic() - started
+        updates = _count(trainer, "streamlearner_learner_updates_total") - before
+        out["replica_under_training"] = summary(lat)
+        out["trainer_updates_per_second_meanwhile"] = updates / seconds
+        time.sleep(3)
+        out["staleness"] = _histogram(replica.metrics(), "streamlearner_serve_model_staleness_seconds")
+        out["staleness"]["swaps"] = _count(replica, "streamlearner_serve_swaps_total")
+    finally:
+        replica.stop()
+        trainer.stop()
+    # The all-in-one worker answering while it trains a backlog of labeled events.
+    uid = uuid.uuid4().hex[:6]
+    env = _env(bootstrap, work, uid)
+    _topics(bootstrap, env, 1)
+    publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"], _events(texts, labels, "w0", 100), progress=False)
+    worker = Role("worker", env, work, f"worker-{uid}", threads=args.worker_threads).start()
+    try:
+        deadline = time.monotonic() + 120
+        while _count(worker, "streamlearner_learner_updates_total") < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        _probe(worker.port, unseen[:10], every=0.0)
+        publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"], _events(texts, labels, "w1", args.backlog),
+                progress=False)
+        out["worker_under_training"] = summary(_probe(worker.port, unseen[10:10 + args.requests]))
+    finally:
+        worker.stop()
+    return out
+
+
+def part_scale(bootstrap: str, work: Path, args) -> dict:
+    """Events/s of 1 vs 2 replicas over the same stream, with a trained version served."""
+    from tools.publish import publish
+
+    texts, labels = banking77(seed=args.seed)
+    out: dict = {}
+    uid = uuid.uuid4().hex[:6]
+    base = _env(bootstrap, work, uid)
+    _topics(bootstrap, base, 6)
+    publish(bootstrap, base["KAFKA_SAMPLES_TOPIC"],
+            _samples(texts, labels, "warm", 300, base["KAFKA_FEEDBACK_TOPIC"]), progress=False)
+    trainer = Role("train", base, work, f"scale-trainer-{uid}").start()
+    try:
+        deadline = time.monotonic() + 120
+        while _count(trainer, "streamlearner_train_published_version") < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        trainer.stop()   # its newest version stays on the topic for the replicas
+    for n in args.replicas:
+        # A fresh source topic and group per count: every run serves the same stream.
+        run = f"{uid}-r{n}"
+        env = dict(base, KAFKA_FEEDBACK_TOPIC=f"feedback-{run}", KAFKA_APP_ID=f"bench-{run}")
+        _topics(bootstrap, env, 6)
+        replicas = [Role("serve", env, work, f"scale-{run}-{k}") for k in range(n)]
+        try:
+            for r in replicas:
+                r.start()
+            for r in replicas:
+                r.wait_ready()
+            time.sleep(2)   # the group settles: every replica owns its partitions
+            publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"],
+                    _events(texts, labels, f"s{n}", args.scale_events, labeled=False),
+                    progress=False)
+            first = last = None
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                done = sum(_count(r, "streamlearner_stream_predictions_total") for r in replicas)
+                now = time.monotonic()
+                if done > 0 and first is None:
+                    first, first_done = now, done
+                if done >= args.scale_events:
+                    last = now
+                    break
+                time.sleep(0.2)
+            rate = (args.scale_events - first_done) / (last - first) if last and last > first else float("nan")
+            out[str(n)] = {"events": args.scale_events, "events_per_second": rate,
+                           "per_replica": [_count(r, "streamlearner_stream_predictions_total")
+                                           for r in replicas]}
+        finally:
+            for r in replicas:
+                r.stop()
+    if "1" in out and "2" in out:
+        out["ratio_2_vs_1"] = out["2"]["events_per_second"] / out["1"]["events_per_second"]
+    return out
+
+
+def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | None) -> dict:
+    """Texts/s of the encoder + head at ``batch`` (the product's snapshot path), in a child
+    process with ``threads`` torch threads."""
+    code = (
+        "import json,sys,time,torch\n"
+        f"torch.set_num_threads({threads})\n"
+        "from learner.model import default_model_path\n"
+        "from serving.snapshot import ModelSnapshot, base_classifier\n"
+        "texts=json.load(sys.stdin)\n"
+        f"base=base_classifier({model!r} or default_model_path(),max_length=64,device=torch.device('cpu'))\n"
+        "snap=ModelSnapshot.empty(base,mode='head')\n"
+        f"B={batch}\n"
+        "snap.score('t',texts[:B])\n"
+        "t=time.perf_counter()\n"
+        "for i in range(0,len(texts),B): snap.score('t',texts[i:i+B])\n"
+        "print(json.dumps({'texts':len(texts),'seconds':time.perf_counter()-t}))\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    res = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), text=True,
+                         capture_output=True, env=env, cwd=ROOT, check=True)
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"texts": r["texts"], "batch": batch, "threads": threads,
+            "texts_per_second": r["texts"] / r["seconds"]}
+
+
+def part_worker(bootstrap: str, work: Path, args) -> dict:
+    """The all-in-one worker's end-to-end events/s vs raw batch inference, same run."""
+    from tools.publish import publish
+
+    texts, labels = banking77(seed=args.seed)
+    unique = list(dict.fromkeys(texts))
+    uid = uuid.uuid4().hex[:6]
+    env = _env(bootstrap, work, uid, STREAM_BATCH_SIZE=32)
+    _topics(bootstrap, env, 1)
+    events = _events(texts, labels, "e2e", args.worker_events)
+    publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"], events, progress=False)
+    worker = Role("worker", env, work, f"e2e-{uid}", threads=args.worker_threads)
+    rows: list[tuple[float, float]] = []
+    try:
+        worker.start()
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            done = _count(worker, "streamlearner_stream_predictions_total")
+            rows.append((time.monotonic(), done))
+            if done >= args.worker_events:
+                break
+            time.sleep(0.25)
+    finally:
+        worker.stop()
+    warm = args.worker_warm
+    t0 = next(t for t, d in rows if d >= warm)
+    t1 = next(t for t, d in rows if d >= args.worker_events)
+    d0 = next(d for t, d in rows if d >= warm)
+    worker_rate = (args.worker_events - d0) / (t1 - t0)
+    raw = raw_inference(unique[:args.raw_texts], batch=32, threads=args.worker_threads,
+                        model=None)
+    return {"worker_events_per_second": worker_rate, "events": args.worker_events,
+            "measured_after_events": warm, "raw_batch_inference": raw,
+            "ratio": worker_rate / raw["texts_per_second"],
+            "settings": "defaults (head mode, er + ACE, drift detection on, batches of 32)"}
+
+
+def part_shared_baseline(args) -> dict:
+    """The design before the split, in process (bench.perf.serving)."""
+    from bench.perf import serving
+
+    ns = argparse.Namespace(singles=20, batch_texts=64, under_training=args.requests,
+                            train_batches=10, mode="head", model=None, device="cpu",
+                            seed=args.seed)
+    r = serving.run(ns)
+    return {"shared_model_thread": r["single_under_training_shared"],
+            "own_serving_thread": r["single_under_training"], "idle_single": r["single"]}
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def report(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    lines = ["# Scale-out benchmarks (issue #12)", "",
+             f"Machine: {result['machine']['cores']} cores, {result['machine']['device']}; "
+             f"`python -m bench.scale` ({result['seconds']:.0f} s). Every figure beside its "
+             "baseline from the same run.", "",
+             "| benchmark | measured | baseline, same run | target |", "|---|---|---|---|"]
+    p = result.get("predict", {})
+    b = result.get("baseline", {})
+    if p:
+        rp = p["replica_under_training"]
+        shared = b.get("shared_model_thread", {})
+        lines.append(
+            f"| `/predict` on a replica while the trainer trains at full speed "
+            f"({p['trainer_updates_per_second_meanwhile']:.1f} updates/s) | p50 "
+            f"{rp['p50'] * 1e3:.1f} ms, p99 **{rp['p99'] * 1e3:.1f} ms** | prediction queued on "
+            f"the model thread (before the split): p99 {shared.get('p99', float('nan')) * 1e3:.0f} ms; "
+            f"all-in-one worker (serving thread) p99 "
+            f"{p['worker_under_training']['p99'] * 1e3:.1f} ms | p99 ≤ 20 ms |")
+        st = p["staleness"]
+        lines.append(f"| staleness, trainer publish → replica serving (head mode, default cadence) "
+                     f"| p50 ≤ {st['p50_upper_bound_seconds']} s, p99 ≤ "
+                     f"**{st['p99_upper_bound_seconds']} s** over {st['count']:.0f} swaps "
+                     f"(histogram bucket bounds) | – | p99 ≤ 2 s |")
+    s = result.get("scale", {})
+    if "ratio_2_vs_1" in s:
+        lines.append(f"| serving scale, 1 vs 2 replicas (1 torch thread each, 6 partitions) | "
+                     f"2 replicas {s['2']['events_per_second']:.0f} events/s | 1 replica "
+                     f"{s['1']['events_per_second']:.0f} events/s: **{s['ratio_2_vs_1']:.2f}x** "
+                     f"| ≥ 1.7x |")
+    w = result.get("worker", {})
+    if w:
+        lines.append(f"| all-in-one worker end to end ({w['settings']}) | "
+                     f"{w['worker_events_per_second']:.0f} events/s | raw batch inference "
+                     f"(batch 32, {w['raw_batch_inference']['threads']} threads) "
+                     f"{w['raw_batch_inference']['texts_per_second']:.0f} texts/s: "
+                     f"**{w['ratio']:.2f}x** | ≥ 0.8x |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    if p:
+        names = ["replica", "worker", "shared thread"]
+        p99 = [p["replica_under_training"]["p99"], p["worker_under_training"]["p99"],
+               b.get("shared_model_thread", {}).get("p99", float("nan"))]
+        axes[0].bar(names, [v * 1e3 for v in p99], color=["tab:green", "tab:blue", "tab:gray"])
+        axes[0].axhline(20, ls="--", c="k", lw=1)
+        axes[0].set_ylabel("/predict p99 under training (ms)")
+    if "ratio_2_vs_1" in s:
+        axes[1].bar(["1 replica", "2 replicas"],
+                    [s["1"]["events_per_second"], s["2"]["events_per_second"]])
+        axes[1].set_ylabel("events/s")
+        axes[1].set_title(f"{s['ratio_2_vs_1']:.2f}x")
+    if w:
+        axes[2].bar(["worker e2e", "raw inference"],
+                    [w["worker_events_per_second"], w["raw_batch_inference"]["texts_per_second"]])
+        axes[2].set_ylabel("events (texts)/s")
+        axes[2].set_title(f"{w['ratio']:.2f}x")
+    fig.tight_layout()
+    fig.savefig(out / "scale.png", dpi=110)
+
+
+def run(args) -> dict:
+    from tools.broker import EmbeddedBroker
+
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    started = time.monotonic()
+    result: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items()
+                                                  if k != "out"}}
+    with EmbeddedBroker(log_path=work / "tansu.log") as broker:
+        for part in args.parts:
+            t = time.monotonic()
+            if part == "predict":
+                result["predict"] = part_predict(broker.bootstrap, work, args)
+                result["baseline"] = part_shared_baseline(args)
+            elif part == "scale":
+                result["scale"] = part_scale(broker.bootstrap, work, args)
+            elif part == "worker":
+                result["worker"] = part_worker(broker.bootstrap, work, args)
+            result.setdefault("part_seconds", {})[part] = time.monotonic() - t
+    result["seconds"] = time.monotonic() - started
+    result["work_dir"] = str(work)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", nargs="+", default=["predict", "scale", "worker"],
+                   choices=["predict", "scale", "worker"])
+    p.add_argument("--requests", type=int, default=200, help="/predict requests timed")
+    p.add_argument("--backlog", type=int, default=4000, help="samples the trainer trains meanwhile")
+    p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--scale-events", type=int, default=3000)
+    p.add_argument("--worker-events", type=int, default=3000)
+    p.add_argument("--worker-warm", type=int, default=700,
+                   help="events before the worker's clock starts (drift windows filling)")
+    p.add_argument("--worker-threads", type=int, default=2)
+    p.add_argument("--raw-texts", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench/results/scale")
+    args = p.parse_args(argv)
+    result = run(args)
+    report(result, Path(args.out))
+    print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
