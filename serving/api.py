@@ -146,8 +146,10 @@ def openapi(tasks: list[str], max_chars: int) -> dict:
 
 def register_api(app: faust.App, *, tasks: list[str], max_chars: int, admin_token: str | None,
                  serving: "Serving | None" = None, trainer: "Trainer | None" = None,
-                 status: Callable[[], dict] | None = None) -> None:
-    """Routes for what this process has: prediction with ``serving``, admin with ``trainer``."""
+                 status: Callable[[], dict] | None = None,
+                 ready: Callable[[], bool] | None = None) -> None:
+    """Routes for what this process has: prediction with ``serving``, admin with ``trainer``;
+    ``ready`` adds a readiness condition to having partitions (a replica: versions caught up)."""
     tasks = sorted(tasks)
     spec = openapi(tasks, max_chars)
 
@@ -253,11 +255,11 @@ def register_api(app: faust.App, *, tasks: list[str], max_chars: int, admin_toke
                 assigned = len(app.consumer.assignment())
             except Exception:
                 assigned = 0
-            ready = assigned > 0
+            ok = assigned > 0 and (ready is None or ready())
             version = (trainer.learner.model_version if trainer is not None
                        else serving.models.model_version if serving is not None else None)
-            return self.json({"ready": ready, "assigned_partitions": assigned,
-                              "model_version": version}, status=200 if ready else 503)
+            return self.json({"ready": ok, "assigned_partitions": assigned,
+                              "model_version": version}, status=200 if ok else 503)
 
     @app.page("/openapi.json")
     class OpenApi(web.View):

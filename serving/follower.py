@@ -37,6 +37,9 @@ class VersionFollower:
         self.thread = thread
         self.store = store
         self.metrics = metrics
+        # Set once the records that existed when following began were offered: a replica is
+        # ready (``/readyz``) only then, so a late one never answers with a stale version.
+        self.caught_up = asyncio.Event()
 
     def _refuse(self, reason: str, message: str) -> None:
         log.warning("refused model version: %s (%s); still serving version %d", message,
@@ -99,3 +102,7 @@ class VersionFollower:
                         newest[rec.key or b""] = rec.value   # only the last of a burst matters
             for value in newest.values():
                 await self.offer(value)
+            if not self.caught_up.is_set():
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
+                    self.caught_up.set()

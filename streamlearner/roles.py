@@ -523,7 +523,8 @@ def build_serve(settings: Settings) -> Role:
                   settings.metrics.lag_interval_s)
     _student_timer(app, settings, serving)
     register_api(app, tasks=tasks_of(settings), max_chars=settings.stream.max_text_chars,
-                 admin_token=settings.serve.admin_token, serving=serving)
+                 admin_token=settings.serve.admin_token, serving=serving,
+                 ready=follower.caught_up.is_set)
 
     @app.task
     async def follow_versions():

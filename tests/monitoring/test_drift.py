@@ -68,3 +68,24 @@ def test_label_shift_quiet_when_stationary():
     labels = rng.choice(list("abcdefghij"), size=1500)
     assert not any(d.update([x]).drift_detected for x in labels)
     assert 0.0 <= d.distance() <= 1.0
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.15, 0.3, 1.0])
+def test_sequential_tests_decide_as_the_full_ones(shift):
+    """Stopping once p is sure to exceed the threshold never changes the decision."""
+    from monitoring.drift import chi2_test, mmd_test
+
+    for seed in range(6):
+        data = np.random.default_rng(seed)
+        x, y = data.normal(size=(60, 5)), data.normal(shift, size=(60, 5))
+        full = mmd_test(x, y, 400, np.random.default_rng(seed))
+        early = mmd_test(x, y, 400, np.random.default_rng(seed), stop_above=0.01)
+        assert (full.p_value <= 0.01) == (early.p_value <= 0.01)
+        assert full.statistic == early.statistic
+        if early.p_value <= 0.01:                 # ran to the end: the same p-value
+            assert early.p_value == full.p_value
+        ref = data.integers(0, 4, 80)
+        rec = np.minimum(data.integers(0, 4, 80) + data.binomial(1, min(shift, 1.0), 80), 3)
+        full = chi2_test(ref, rec, 400, np.random.default_rng(seed))
+        early = chi2_test(ref, rec, 400, np.random.default_rng(seed), stop_above=0.01)
+        assert (full.p_value <= 0.01) == (early.p_value <= 0.01)

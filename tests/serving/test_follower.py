@@ -168,3 +168,55 @@ def test_publish_failures_are_counted_not_raised(setup):
         await _learn_and_publish(learner, publisher)
     asyncio.run(go())
     assert reg.get_sample_value("streamlearner_train_publish_failures_total") == 1
+
+
+class _Consumer:
+    """Just enough of aiokafka's consumer for VersionFollower.run: one partition."""
+
+    def __init__(self, records: list[bytes]):
+        self.records = records
+        self.pos = 0
+
+    def partitions_for_topic(self, topic):
+        return {0}
+
+    def assign(self, tps):
+        self.tp = tps[0]
+
+    async def end_offsets(self, tps):
+        return {tp: len(self.records) for tp in tps}
+
+    def seek(self, tp, offset):
+        self.pos = offset
+
+    async def position(self, tp):
+        return self.pos
+
+    async def getmany(self, timeout_ms=0, max_records=100):
+        batch = self.records[self.pos:self.pos + max_records]
+        self.pos += len(batch)
+        if not batch:
+            await asyncio.sleep(timeout_ms / 1000 / 50)
+            return {}
+        return {self.tp: [type("R", (), {"key": b"trainer-a", "value": v}) for v in batch]}
+
+
+@pytest.mark.parametrize("published", [0, 3])
+async def test_run_starts_from_the_newest_record_and_then_is_caught_up(setup, published):
+    learner, publisher, topic, follower, models, reg, store = setup
+    for _ in range(published):
+        await _learn_and_publish(learner, publisher)
+    consumer = _Consumer(list(topic.records))
+    stop = asyncio.Event()
+    task = asyncio.create_task(follower.run(consumer, "model-versions", stop=stop))
+    await asyncio.wait([task, asyncio.create_task(follower.caught_up.wait())], timeout=10,
+                       return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    assert follower.caught_up.is_set()
+    # Ready (caught up) means already serving the newest record: never a stale version.
+    newest = VersionRecord.from_json(topic.records[-1]).version if published else 0
+    assert models.model_version == newest
+    assert (reg.get_sample_value("streamlearner_serve_swaps_total") or 0) == (1 if published else 0)
+    stop.set()
+    await asyncio.wait_for(task, 10)
