@@ -6,44 +6,20 @@ event by ``(task, id)`` and is queued for training once (:meth:`PendingStore.tak
 the :class:`~lifecycle.join_types.Joined` item carries the served prediction, so the caller
 scores *delayed-prequential* accuracy and the label delay (lifecycle/delayed.py).
 
-Outcomes of a label (``Outcome``, a bounded metric label; every label gets exactly one
-final outcome, so ``labels == sum(final outcomes) + labels still waiting``):
-
-=================  ==========================================================  ===============
-outcome            when                                                        dead letter
-=================  ==========================================================  ===============
-joined             its event is pending and ``-label_wait_s <= ts_label -      --
-                   ts_event <= max_age_s``: queued for training once
-early (waiting)    no event yet: waits up to ``label_wait_s`` of event time    --
-duplicate          the event was trained with this very label already          --
-correction         the event was trained with another label: the policy        under
-                   ``ignore`` counts it, ``retrain`` queues one more training  ``dead_letter``:
-                   on the new label (the history keeps texts), ``dead_letter`` label_correction
-                   dead-letters it
-expired_event      its event was evicted (age, late, count, bytes) or is       label_expired
-                   more than ``max_age_s`` older than the label
-unmatched_label    waited ``label_wait_s`` (or the ``max_early`` cap made      label_unmatched
-                   room) without its event; or its event came too long after
-ambiguous          no ``task``, and the id is known in several tasks           label_ambiguous
-not_allowed        no ``task``; the task found has a fixed label set without   label_not_allowed
-                   this label
-=================  ==========================================================  ===============
+Outcomes of a label and the correction policies: the table in lifecycle/join_types.py.
 
 **Event time.** The join window is a pure function of the two timestamps (an interval
 join: ``ts_label - ts_event`` in ``[-label_wait_s, max_age_s]``), so arrival order does not
-change who joins whom. Eviction is driven by a watermark: per source (events, labels) the
-largest ts seen, less ``lateness_s``; the store's watermark is the *smaller* of the two (a
-source that has not been seen yet holds it at -inf: only the caps evict until the first
-label). An event is evicted once ``ts_event + max_age_s < watermark``, an early label once
-``ts_label + label_wait_s < watermark``. Hence a record that is at most ``lateness_s``
-behind its own source's largest ts finds everything it could join: replaying a recorded
-stream at any speed, in any batching, with any interleaving of the two topics gives the
-same joins. A record later than that is *late*: it is still judged by its own ts, but what
-it would have joined may be gone (a late event is evicted at once, cause ``late``). A ts
-more than ``max_ts_jump_s`` ahead of its source does not move the watermark until three
-records in a row confirm the jump. Not deterministic: evictions by the ``max_events`` /
-``max_bytes`` / ``max_early`` caps (they depend on what is pending at that moment) --
-they are a memory bound, counted by cause; size the age bounds to bind first.
+change who joins whom. Eviction follows the watermark (lifecycle/watermark.py: the smaller
+of the two sources' largest ts, less ``lateness_s``): an event is evicted once ``ts_event +
+max_age_s < watermark``, an early label once ``ts_label + label_wait_s < watermark``. So a
+record at most ``lateness_s`` behind its own source's largest ts finds everything it could
+join: a recorded stream replayed at any speed, in any batching and any interleaving of the
+two topics gives the same joins. A later record is *late*: still judged by its own ts, but
+what it would have joined may be gone (a late event is evicted at once, cause ``late``).
+Until the first label is seen only the caps evict. Not deterministic: evictions by the
+``max_events`` / ``max_bytes`` / ``max_early`` caps (they depend on what is pending at that
+moment) -- a memory bound, counted by cause; size the age bounds to bind first.
 
 **Exactly once.** The store is checkpointed with the model, at the same point
 (lifecycle/join_log.py: incremental files + a small reference in the checkpoint's extra;
@@ -82,12 +58,12 @@ from collections.abc import Mapping
 from .join_types import (CORRECTION_DEAD_LETTER, DEAD_LETTER_REASONS, EVICTION_CAUSES, JoinConfig,
                          Joined, LabelResult, Outcome, PendingEvent)
 from .labels import Label, TaskLabels, label_sets
+from .watermark import Watermark
 
 __all__ = ["JoinConfig", "Joined", "LabelResult", "Outcome", "PendingEvent", "PendingStore"]
 
 STATE_FORMAT = 1
-_SOURCES = ("events", "labels")
-_JUMP_CONFIRM = 3          # records in a row that confirm a watermark jump
+_MAX_EARLIER = 8   # earlier labels of a corrected event remembered (policy retrain)
 _NEG_INF = -math.inf
 Key = tuple  # (task or None, id)
 
@@ -112,12 +88,10 @@ class PendingStore:
         self._known: dict[str, None] = dict.fromkeys(self.tasks or ())  # tasks, ordered
         self._ready: deque[Joined] = deque()
         self._outbox: deque[LabelResult] = deque()
-        self._max = {s: _NEG_INF for s in _SOURCES}
-        self._runs: dict[str, list[float]] = {s: [] for s in _SOURCES}
-        self._floor = _NEG_INF
+        self._clock = Watermark(self.config.lateness_s, self.config.max_ts_jump_s)
         self._seq = 0
         self._counts = {"labels": 0, "events": 0, "inline": 0, "early_total": 0,
-                        "duplicate_events": 0, "ts_jumps": 0}
+                        "duplicate_events": 0}
         self._final = {o.value: 0 for o in Outcome if o.final}
         self._evicted = {c: 0 for c in EVICTION_CAUSES}
         self._ops: list | None = None   # mutations since the last persist (join_log.py)
@@ -126,27 +100,13 @@ class PendingStore:
     @property
     def watermark(self) -> float:
         """min over sources of (largest ts seen - lateness_s), never below :meth:`advance`."""
-        return max(self._floor, min(self._max.values()) - self.config.lateness_s)
-
-    def _observe(self, source: str, ts: float) -> None:
-        top, jump = self._max[source], self.config.max_ts_jump_s
-        if top == _NEG_INF or jump == 0 or ts <= top + jump:
-            if ts > top:
-                self._max[source] = ts
-            self._runs[source] = []
-            return
-        self._counts["ts_jumps"] += 1
-        run = self._runs[source]
-        run.append(ts)
-        if len(run) >= _JUMP_CONFIRM:   # a real jump (a gap in the stream), not one bad clock
-            self._max[source] = min(run)
-            self._runs[source] = []
+        return self._clock.value
 
     def advance(self, watermark: float) -> None:
         """Raise the watermark to at least ``watermark`` (e.g. ``math.inf`` at the end of a
         finite replay: every waiting label expires, every pending event is evicted). Driving
         it from wall time (an idle source) gives up replay determinism."""
-        self._floor = max(self._floor, float(watermark))
+        self._clock.advance(watermark)
         self._expire()
 
     # -- primitive mutations (logged for lifecycle/join_log.py) ----------------------------
@@ -216,7 +176,7 @@ class PendingStore:
             return []
         self._counts["events"] += 1
         self._known.setdefault(event.task)
-        self._observe("events", event.ts)
+        self._clock.observe("events", event.ts)
         waiting = sorted(self._drop_early(key) + self._drop_early((None, event.id)))
         settled = event.label is not None
         if settled:
@@ -275,7 +235,7 @@ class PendingStore:
         """Join ``label`` to its event, or let it wait; see the module's table of outcomes.
         Labels that expire meanwhile are collected by :meth:`take_expired`."""
         self._counts["labels"] += 1
-        self._observe("labels", label.ts)
+        self._clock.observe("labels", label.ts)
         result = self._place_label(label)
         self._expire()
         return result
@@ -312,10 +272,13 @@ class PendingStore:
         """A label for an event that already left the pending store."""
         row = self._history[key]
         trained, cause, text = row[0], row[1], row[3]
+        earlier = row[5] if len(row) > 5 else []
         if trained is None:
             return self._final_result(Outcome.expired_event, label, key[0],
                                       f"its event was evicted (cause {cause}) before the label")
-        if label.label == trained:
+        if label.label == trained or label.label in earlier:
+            # Any label this event was already trained with: a redelivery after a crash
+            # replays corrections in their first order, and must not flip-flop them.
             return self._final_result(Outcome.duplicate, label, key[0])
         policy = self.config.correction
         if policy == "dead_letter":
@@ -326,7 +289,8 @@ class PendingStore:
             joined = Joined(key[1], key[0], text, label.label, row[4], 0.0, 0, row[2], label.ts,
                             "correction")
             self._ready.append(joined)
-            self._put_history(key, [label.label, cause, row[2], text, row[4]])
+            self._put_history(key, [label.label, cause, row[2], text, row[4],
+                                    (earlier + [trained])[-_MAX_EARLIER:]])
             return self._final_result(Outcome.correction, label, key[0],
                                       f"retrained: was {trained[:64]!r}", joined=joined)
         why = "ignored (policy ignore)" if policy == "ignore" else "not retrained (no text kept)"
@@ -423,22 +387,20 @@ class PendingStore:
             "history": len(self._history),
             "ready": len(self._ready),
             "expired_waiting": len(self._outbox),
+            "ts_jumps": self._clock.jumps,
             "watermark": None if w == _NEG_INF else w,
         }
 
     # -- state ------------------------------------------------------------------------------
     def _meta(self) -> dict:
-        return {"seq": self._seq, "floor": _num(self._floor),
-                "max": {s: _num(v) for s, v in self._max.items()}, "runs": self._runs,
-                "counts": self._counts, "final": self._final, "evicted": self._evicted,
+        return {"seq": self._seq, "clock": self._clock.state(), "counts": dict(self._counts),
+                "final": dict(self._final), "evicted": dict(self._evicted),
                 "known": list(self._known), "ready": [j.to_list() for j in self._ready],
                 "outbox": [r.to_list() for r in self._outbox]}
 
     def _load_meta(self, meta: dict) -> None:
         self._seq = int(meta["seq"])
-        self._floor = _unnum(meta["floor"])
-        self._max = {s: _unnum(meta["max"][s]) for s in _SOURCES}
-        self._runs = {s: [float(x) for x in meta["runs"][s]] for s in _SOURCES}
+        self._clock.load(meta["clock"])
         self._counts.update(meta["counts"])
         self._final.update(meta["final"])
         self._evicted.update(meta["evicted"])
@@ -459,19 +421,25 @@ class PendingStore:
     def load_state_dict(self, state: Mapping) -> None:
         """Replace the state; the current bounds apply (what no longer fits is evicted and
         counted). Raises ValueError on a state this version cannot read."""
+        self.restore_from(state)
+
+    def restore_from(self, state: Mapping, ops: list = (), meta: dict | None = None) -> None:
+        """:meth:`load_state_dict` of ``state``, then replay logged ``ops`` and take ``meta``
+        (the small state of the newest log file; lifecycle/join_log.py)."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a PendingStore state (format {STATE_FORMAT})")
-        ops = self._ops
+        logging = self._ops
         self._reset()
         try:
             self.apply_ops([["P+", e, s] for e, s in state["pending"]]
                            + [["E+", t, i, s, lab] for t, i, s, lab in state["early"]]
                            + [["H+", t, i, row] for t, i, row in state["history"]])
-            self._load_meta(state["meta"])
+            self.apply_ops(ops)
+            self._load_meta(meta if meta is not None else state["meta"])
         except (KeyError, TypeError, IndexError, ValueError) as exc:
             self._reset()
             raise ValueError(f"PendingStore state is damaged: {exc!r}") from None
-        self._ops = ops
+        self._ops = logging
         self._enforce_caps()
         while len(self._history) > self.config.history:
             self._drop_history(next(iter(self._history)))
@@ -501,10 +469,3 @@ class PendingStore:
         finally:
             self._ops = logging
 
-
-def _num(x: float) -> float | str:
-    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
-
-
-def _unnum(x) -> float:
-    return float(x)

@@ -1,5 +1,38 @@
 """The records of the label join (lifecycle/join.py): its settings, what goes in, what comes out.
 
+Outcomes of a label (``Outcome``, a bounded metric label; every label gets exactly one
+final outcome, so ``labels == sum(final outcomes) + labels still waiting``):
+
+=================  ==========================================================  ===============
+outcome            when                                                        dead letter
+=================  ==========================================================  ===============
+joined             its event is pending and ``-label_wait_s <= ts_label -      --
+                   ts_event <= max_age_s``: queued for training once
+early (waiting)    no event yet: waits up to ``label_wait_s`` of event time    --
+duplicate          the event was trained with this very label already (its     --
+                   latest, or one of the last 8 it was corrected from)
+correction         the event was trained with another label: the policy        under
+                   ``ignore`` counts it, ``retrain`` queues one more training  ``dead_letter``:
+                   on the new label (the history keeps texts), ``dead_letter`` label_correction
+                   dead-letters it
+expired_event      its event was evicted (age, late, count, bytes) or is       label_expired
+                   more than ``max_age_s`` older than the label
+unmatched_label    waited ``label_wait_s`` (or the ``max_early`` cap made      label_unmatched
+                   room) without its event; or its event came too long after
+ambiguous          no ``task``, and the id is known in several tasks           label_ambiguous
+not_allowed        no ``task``; the task found has a fixed label set without   label_not_allowed
+                   this label
+=================  ==========================================================  ===============
+
+Correction policies (``JoinConfig.correction``, a second label differing from the one an
+event was trained with -- a label redelivered after a crash is the same label, a duplicate):
+``ignore`` (default) counts it; ``retrain`` trains once more on the new label (the old one
+stays in the model and the replay memory: learning cannot be undone) and remembers the new
+one, so the history keeps each settled text; ``dead_letter`` sends it to the dead letters
+(``label_correction``) for an operator. Two labels that both arrive before their event are
+handled the same way once it comes: the first joins, the second is a duplicate or a
+correction -- so the outcome does not depend on which came first, the event or the labels.
+
 >>> JoinConfig(max_age_s=0)
 Traceback (most recent call last):
 ...
