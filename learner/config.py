@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["BIAS_CORRECTIONS", "LearnerConfig", "MODES", "MemoryConfig", "STRATEGIES", "parse_strategy"]
+__all__ = ["BIAS_CORRECTIONS", "DIST_BACKENDS", "LearnerConfig", "MODES", "MemoryConfig", "STRATEGIES", "parse_strategy"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 MODES = ("head", "lora", "full")
 STRATEGIES = ("naive", "er", "derpp", "ewc", "lwf")
 BIAS_CORRECTIONS = ("none", "ace")
+DIST_BACKENDS = ("auto", "nccl", "gloo")
 
 
 def parse_strategy(spec: str) -> tuple[str, ...]:
@@ -116,6 +117,13 @@ class LearnerConfig:
     lwf_alpha: weight of LwF's distillation term (temperature 2).
     adv_epsilon: FGM perturbation norm on the word embeddings; ``0`` disables it (needs
         ``mode`` ``lora`` or ``full``: a frozen encoder has no embedding gradient to follow).
+    gradient_checkpointing: recompute the encoder's activations in the backward pass instead
+        of keeping them (modes ``lora``/``full``): less memory per sample, ~30% more compute.
+    compile: ``torch.compile`` the encoder (in place: checkpoint names do not change).
+    dist_backend: collective backend of a trainer made of several ranks (docs/distributed.md):
+        ``auto`` (NCCL on CUDA, gloo on CPU), ``nccl`` or ``gloo``.
+    dist_timeout_s: a collective that waits longer than this fails the trainer (a dead or
+        stuck rank stops it instead of hanging it); rank 0 sends a heartbeat every quarter.
     """
 
     model: str | None = None
@@ -138,6 +146,17 @@ class LearnerConfig:
     derpp_alpha: float = 0.5
     lwf_alpha: float = 3.0
     adv_epsilon: float = 0.0
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute encoder activations in backward (modes lora/full): less memory per "
+                "sample, more compute."})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the encoder (worth it on CUDA; the first updates compile)."})
+    dist_backend: str = field(default="auto", metadata={
+        "help": "Collectives of a multi-rank trainer (train --nproc-per-node N): auto (NCCL on "
+                "CUDA, gloo on CPU), nccl or gloo."})
+    dist_timeout_s: float = field(default=120.0, metadata={
+        "help": "A collective waiting longer than this stops a multi-rank trainer (dead or stuck "
+                "rank); rank 0 heartbeats every quarter of it."})
 
     def __post_init__(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
@@ -167,6 +186,13 @@ class LearnerConfig:
         _check_float("derpp_alpha", self.derpp_alpha, minimum=0.0, strict=False)
         _check_float("lwf_alpha", self.lwf_alpha, minimum=0.0, strict=False)
         _check_float("adv_epsilon", self.adv_epsilon, minimum=0.0, strict=False)
+        for name in ("gradient_checkpointing", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.dist_backend not in DIST_BACKENDS:
+            raise ValueError(f"dist_backend must be one of {', '.join(DIST_BACKENDS)}, "
+                             f"got {self.dist_backend!r}")
+        _check_float("dist_timeout_s", self.dist_timeout_s, minimum=0.0, strict=True)
         if self.adv_epsilon > 0 and self.frozen:
             raise ValueError("adv_epsilon must be 0 with a frozen encoder (mode head / freeze_encoder): "
                              "FGM needs gradients through the word embeddings")

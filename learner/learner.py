@@ -129,6 +129,10 @@ class Learner:
             self.model.encoder.requires_grad_(False)
         elif cfg.mode == "lora":
             self.model.add_lora(cfg.lora_rank, cfg.lora_layers)
+        if cfg.gradient_checkpointing and not cfg.frozen:
+            self.model.enable_gradient_checkpointing()
+        if cfg.compile:
+            self.model.compile_encoder()
         self.features = FeatureCache(self._encode)  # used with a frozen encoder only
         self.strategies = build_strategies(cfg)
         self.replay = ReplayMemory(capacity=self.memory.capacity, seed=self.memory.seed)
@@ -271,21 +275,22 @@ class Learner:
         boost = self._boost if self._boost["left"] > 0 else None
         replay_ratio = self.memory.replay_ratio * (boost["replay_scale"] if boost else 1.0)
         replays = any(s.replays for s in self.strategies)
-        replayed = self.replay.sample(round(replay_ratio * n_new)) if replays else []
+        replayed = self._sample_replay(round(replay_ratio * n_new)) if replays else []
         batch = Batch.build(task, texts, labels, replayed, new_classes, self._label_index, self.device)
         batch.extra["sizes_before"] = sizes_before
         for strategy in self.strategies:
             strategy.before_update(self, batch)
 
+        work = self._local_batch(batch)  # the rows this process computes (all of them here)
         feats_frozen = None
         if cfg.frozen:
             # The encoder never changes: cached features, train the heads on them.
             if self.model.training:
                 self.model.eval()
-            feats_frozen = self.features.get(batch.texts).to(self.device)  # (B, H)
+            feats_frozen = self.features.get(work.texts).to(self.device)  # (B, H)
         else:
             self.model.train()
-            batch.extra["tokens"] = self.model.tokenize(batch.texts)  # input_ids: (B, T)
+            work.extra["tokens"] = self.model.tokenize(work.texts)  # input_ids: (B, T)
         params = self._trainable_params()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
 
@@ -297,20 +302,15 @@ class Learner:
         loss_value = grad_norm = math.nan
         skipped = None
         for _ in range(cfg.steps_per_batch):
-            with self._autocast():
-                outputs = self._forward(batch, feats_frozen, adversarial=cfg.adv_epsilon > 0)
-                loss = cross_entropy(batch, outputs, ace=cfg.bias_correction == "ace")
-                for strategy in self.strategies:
-                    extra = strategy.loss(self, batch, outputs)
-                    if extra is not None:
-                        loss = loss + extra
-            loss_value = loss.item()
+            loss = self._step_loss(work, feats_frozen, adversarial=cfg.adv_epsilon > 0)
+            loss_value = self._loss_value(loss)
             if not math.isfinite(loss_value):
                 skipped = "nonfinite_loss"
+                self._abandon_step(loss)
                 break
             loss.backward()
             if cfg.adv_epsilon > 0:
-                fgm_backward(self, batch, cfg.adv_epsilon)
+                fgm_backward(self, work, cfg.adv_epsilon)
             for strategy in self.strategies:
                 strategy.after_backward(self, batch)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -331,6 +331,7 @@ class Learner:
             counters["skipped_updates"] += 1
             return UpdateStats(loss_value, n_new, len(replayed), self._version,
                                time.perf_counter() - started, grad_norm, skipped)
+        self._merge_local(batch, work)
         stored = batch.store_logits.tolist() if batch.store_logits is not None else [None] * n_new
         self.replay.add(MemoryItem(task, x, y, None if z is None else tuple(z))
                         for x, y, z in zip(texts, labels, stored))
@@ -346,6 +347,37 @@ class Learner:
             boost["left"] -= 1
         return UpdateStats(sum(losses) / len(losses), n_new, len(replayed), self._version,
                            time.perf_counter() - started, grad_norm)
+
+    # ----------------------------------------------------------------- update hooks
+    # One process computes the whole batch; learner/distributed.py overrides these five so that
+    # each rank computes its share of it (docs/distributed.md).
+
+    def _sample_replay(self, n: int) -> list[MemoryItem]:
+        return self.replay.sample(n)
+
+    def _local_batch(self, batch: Batch) -> Batch:
+        return batch
+
+    def _step_loss(self, batch: Batch, feats_frozen: torch.Tensor | None, *,
+                   adversarial: bool) -> torch.Tensor:
+        """One step's loss: forward under autocast, cross-entropy, the strategies' terms."""
+        with self._autocast():
+            outputs = self._forward(batch, feats_frozen, adversarial=adversarial)
+            loss = cross_entropy(batch, outputs, ace=self.config.bias_correction == "ace")
+            for strategy in self.strategies:
+                extra = strategy.loss(self, batch, outputs)
+                if extra is not None:
+                    loss = loss + extra
+        return loss
+
+    def _loss_value(self, loss: torch.Tensor) -> float:
+        return loss.item()
+
+    def _abandon_step(self, loss: torch.Tensor) -> None:
+        """A step that is not applied (non-finite loss): nothing to undo in one process."""
+
+    def _merge_local(self, batch: Batch, work: Batch) -> None:
+        """What the strategies recorded on ``work`` is needed on ``batch`` (the same here)."""
 
     def _forward(self, batch: Batch, feats_frozen: torch.Tensor | None, *, adversarial: bool) -> Outputs:
         if feats_frozen is not None:

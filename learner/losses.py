@@ -23,23 +23,25 @@ def cross_entropy(batch: Batch, outputs: Outputs, *, ace: bool) -> torch.Tensor:
     Change in Online Continual Learning", ICLR 2022) the *new* rows compete only among the
     labels present in the new samples, so learning a new class does not push the logits of
     absent old classes down (the bias toward the newest classes); replayed rows use all
-    labels. Without replay there is nothing to balance and plain cross-entropy is used.
+    labels. Without replay there is nothing to balance and plain cross-entropy is used. A
+    rank's shard (``batch.whole``) is balanced on the labels of the whole batch.
     """
-    ace = ace and len(batch.replayed) > 0
+    whole = batch.whole if batch.whole is not None else batch
+    ace = ace and len(whole.replayed) > 0
     loss = outputs.features.new_zeros((), dtype=torch.float32)
     for t, logits in outputs.logits.items():
         logits, targets = logits.float(), batch.targets[t]  # (B_t, N_t), (B_t,)
         if ace and t == batch.task:
             n = batch.n_new  # the new rows come first among the task's rows
             present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-            present[targets[:n]] = True
+            present[whole.targets[t][:whole.n_new]] = True
             masked = logits[:n].masked_fill(~present, float("-inf"))
             loss = loss + F.cross_entropy(masked, targets[:n], reduction="sum")
             if logits.shape[0] > n:
                 loss = loss + F.cross_entropy(logits[n:], targets[n:], reduction="sum")
         else:
             loss = loss + F.cross_entropy(logits, targets, reduction="sum")
-    return loss / len(batch.texts)
+    return loss / batch.loss_divisor
 
 
 def fgm_backward(learner: Learner, batch: Batch, epsilon: float) -> None:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CPU_SUB_BATCH", "GrowingHead", "TextClassifier", "default_model_path", "resolve_device"]
+__all__ = ["CPU_SUB_BATCH", "GrowingHead", "LORA_TARGETS", "TextClassifier", "attention_projections",
+           "default_model_path", "resolve_device"]
 
 CPU_SUB_BATCH = 8  # texts per forward pass of CPU inference (see TextClassifier.encode)
 
@@ -217,17 +218,38 @@ class TextClassifier(nn.Module):
         """Freeze the encoder and inject trainable LoRA adapters (peft) into the attention's
         query/key/value projections of the top ``layers`` layers (0: all); ``lora_B`` starts
         at zero, so outputs are unchanged. Adapting only the top layers means the backward
-        pass stops there: on a CPU, two of MiniLM's six layers train about 3x faster."""
+        pass stops there: on a CPU, two of MiniLM's six layers train about 3x faster. The
+        projections' names depend on the family (:func:`attention_projections`)."""
         from peft import LoraConfig, inject_adapter_in_model
 
         n = self.encoder.config.num_hidden_layers
         top = list(range(max(0, n - layers), n)) if layers else None
         config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                            target_modules=["query", "key", "value"], layers_to_transform=top,
-                            layers_pattern="layer" if top else None)
+                            target_modules=attention_projections(self.encoder),
+                            layers_to_transform=top, layers_pattern="layer" if top else None)
         self.encoder = inject_adapter_in_model(config, self.encoder)
         for name, param in self.encoder.named_parameters():
             param.requires_grad_("lora_" in name)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each encoder layer's activations in the backward pass (non-reentrant
+        checkpointing, so a frozen base under LoRA adapters works). Families whose
+        transformers class does not offer it (MPNet) get each ``layer`` module wrapped."""
+        if getattr(self.encoder, "supports_gradient_checkpointing", False):
+            self.encoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+        layers = _layer_list(self.encoder)
+        if layers is None:
+            raise ValueError(f"gradient_checkpointing: {type(self.encoder).__name__} has no "
+                             "encoder layer list to checkpoint")
+        for layer in layers:
+            layer.forward = _checkpointed(layer.forward)
+
+    def compile_encoder(self, **options) -> None:
+        """``torch.compile`` the encoder in place (``nn.Module.compile``): its state-dict
+        names, hence checkpoints and artifacts, stay what they were."""
+        self.encoder.compile(**options)
 
     def head(self, task: str) -> GrowingHead:
         return self.heads[head_key(task)]
@@ -239,6 +261,49 @@ class TextClassifier(nn.Module):
         head = head if head is not None else GrowingHead(self.hidden_size)
         self.heads[head_key(task)] = head.to(self.device)
         return self.heads[head_key(task)]
+
+
+# The attention projections LoRA adapts, by the names each family gives them: BERT, RoBERTa,
+# XLM-R, ELECTRA, MiniLM and BERT-based e5 (query/key/value), DeBERTa-v2/v3 (query_proj/...),
+# MPNet (q/k/v, with o), DistilBERT (q_lin/...).
+LORA_TARGETS = (("query", "key", "value"), ("query_proj", "key_proj", "value_proj"),
+                ("q", "k", "v"), ("q_lin", "k_lin", "v_lin"))
+
+
+def attention_projections(encoder: nn.Module) -> list[str]:
+    """The names of ``encoder``'s attention query/key/value ``nn.Linear`` modules.
+
+    >>> from transformers import MPNetConfig, MPNetModel
+    >>> attention_projections(MPNetModel(MPNetConfig(hidden_size=8, num_hidden_layers=1,
+    ...     num_attention_heads=2, intermediate_size=8, vocab_size=10)))
+    ['q', 'k', 'v']
+    """
+    names = {n.rsplit(".", 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+    for targets in LORA_TARGETS:
+        if set(targets) <= names:
+            return list(targets)
+    raise ValueError(f"mode lora: no attention projections known in {type(encoder).__name__} "
+                     f"(looked for {LORA_TARGETS}; its linear layers: {sorted(names)})")
+
+
+def _layer_list(encoder: nn.Module) -> nn.ModuleList | None:
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layer":
+            return module
+    return None
+
+
+def _checkpointed(forward):
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
 
 
 def param_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dict]:

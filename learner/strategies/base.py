@@ -51,6 +51,38 @@ class Batch:
     # Set by a strategy that wants the new samples remembered with their logits (DER++).
     store_logits: torch.Tensor | None = None  # (n_new, N_task)
     extra: dict = field(default_factory=dict)
+    # A rank's share of a batch (learner/distributed.py): the batch it is cut from, and what
+    # its per-sample terms are divided by instead of len(texts) (see :meth:`shard`).
+    whole: Batch | None = None
+    divisor: float | None = None
+
+    @property
+    def loss_divisor(self) -> float:
+        """Per-sample loss terms are summed, then divided by this: the batch's size, so the
+        loss is a mean (or what :meth:`shard` set)."""
+        return self.divisor if self.divisor is not None else len(self.texts)
+
+    def shard(self, lo: int, hi: int, divisor: float) -> Batch:
+        """Rows ``lo:hi`` of this batch, as a batch of their own (new ones still first).
+
+        With ``W`` ranks each holding a shard with ``divisor = B / W``, DDP's mean of their
+        gradients is the gradient of the whole batch's loss (sum of the per-sample terms / B).
+
+        >>> b = Batch.build("t", ["a", "b"], ["x", "y"], [MemoryItem("u", "c", "z")], False,
+        ...                 {"t": {"x": 0, "y": 1}, "u": {"z": 0}}, torch.device("cpu"))
+        >>> s = b.shard(1, 3, divisor=1.5)
+        >>> s.texts, s.n_new, [m.text for m in s.replayed], {t: r.tolist() for t, r in s.rows.items()}
+        (['b', 'c'], 1, ['c'], {'t': [0], 'u': [1]})
+        """
+        rows, targets = {}, {}
+        for t, r in self.rows.items():
+            keep = (r >= lo) & (r < hi)
+            if bool(keep.any()):
+                rows[t], targets[t] = r[keep] - lo, self.targets[t][keep]
+        n = self.n_new
+        return Batch(self.task, self.texts[lo:hi], self.tasks[lo:hi], self.labels[lo:hi],
+                     max(0, min(hi, n) - lo), self.replayed[max(0, lo - n):max(0, hi - n)],
+                     rows, targets, self.new_classes, whole=self, divisor=divisor)
 
     @classmethod
     def build(cls, task: str, texts: list[str], labels: list[str], replayed: list[MemoryItem],

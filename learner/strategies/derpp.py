@@ -26,7 +26,9 @@ class DerPP(Strategy):
 
     def loss(self, learner, batch: Batch, outputs: Outputs) -> torch.Tensor | None:
         if batch.store_logits is None:  # first step: the logits to remember, pre-update
-            batch.store_logits = outputs.logits[batch.task][: batch.n_new].detach().float().cpu()
+            own = outputs.logits.get(batch.task)  # a rank's shard may hold none of the task's rows
+            batch.store_logits = (own[: batch.n_new].detach().float().cpu() if own is not None else
+                                  torch.zeros(0, learner.model.head(batch.task).num_labels))
         terms = []
         for t, rows in batch.rows.items():
             logits = outputs.logits[t]  # (B_t, N_t)
@@ -41,4 +43,4 @@ class DerPP(Strategy):
                 terms.append(F.mse_loss(logits[pos, :n].float(), target, reduction="mean"))
         if not terms:
             return None
-        return self.alpha * torch.stack(terms).sum() / len(batch.texts)
+        return self.alpha * torch.stack(terms).sum() / batch.loss_divisor

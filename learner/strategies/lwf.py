@@ -63,7 +63,7 @@ class LwF(Strategy):
             student = learner.model.head(t)(outputs.features)[:, : weight.shape[0]]  # (B, N_old)
             teacher = F.linear(teacher_feats.float(), weight.to(student.device), bias.to(student.device))
             kl = F.kl_div(F.log_softmax(student.float() / T, dim=-1), F.softmax(teacher / T, dim=-1),
-                          reduction="batchmean") * T * T
+                          reduction="sum") / batch.loss_divisor * T * T  # batchmean
             total = kl if total is None else total + kl
         return None if total is None else self.alpha * total
 
