@@ -1,5 +1,5 @@
 """``streamlearner`` command line: the roles (worker, serve, train) and the operator tools
-(topics, publish, demo, dlq, distill, versions, rollback, bench)."""
+(topics, publish, demo, dlq, distill, versions, rollback, bench, tune)."""
 
 from __future__ import annotations
 
@@ -167,7 +167,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
-BENCHMARKS = ("continual", "drift", "explain", "distill", "perf")
+BENCHMARKS = ("continual", "drift", "explain", "distill", "perf", "tune")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tuning.cli import run
+
+    return run(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -254,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments of that benchmark")
     bench.set_defaults(func=cmd_bench)
+
+    from tuning.cli import add_arguments as add_tune_arguments
+
+    tune = sub.add_parser("tune", help="search the worker's settings on a recorded stream "
+                                       "(Optuna; writes an --env-file; docs/tuning.md)")
+    add_tune_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
     dlq = sub.add_parser("dlq", help="dead-letter topic tools")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     rep = dlq_sub.add_parser(

@@ -263,11 +263,13 @@ def build_metrics(settings: Settings):
 
 
 def build_trainer(settings: Settings, *, metrics, latch, thread, learner=None,
-                  drift_alerts=None, model_events=None, versions=None, local=None):
+                  drift_alerts=None, model_events=None, versions=None, local=None,
+                  tracker=None):
     """Learner (built on ``thread`` unless given), checkpoints, journal, guard, drift and the
     version publisher -> a restored :class:`~lifecycle.trainer.Trainer`. ``drift_alerts`` /
     ``model_events``: ``Output.publish`` of those topics; ``versions``: ``send_and_wait`` of
-    model-versions; ``local``: the co-located serving copy's swap (worker)."""
+    model-versions; ``local``: the co-located serving copy's swap (worker); ``tracker``: a
+    :class:`~tracking.mlflow_tracker.Tracker` (default: from TRACKING_* settings, or none)."""
     from learner.checkpoints import CheckpointManager
     from learner.learner import Learner
     from lifecycle.adaptation import DriftWatch
@@ -313,6 +315,12 @@ def build_trainer(settings: Settings, *, metrics, latch, thread, learner=None,
                       model_events=model_events, keep_last=ck.keep_last)
     trainer_ref.append(trainer)
     trainer.restore()
+    # Experiment tracking (off unless TRACKING_URI / MLFLOW_TRACKING_URI): a callback after
+    # each delivered version record, queued for a background thread (tracking/versions.py).
+    from tracking.versions import track_versions
+
+    trainer.tracking = track_versions(trainer, settings, tracker=tracker,
+                                      role="worker" if local is not None else "train")
     return trainer
 
 
@@ -480,6 +488,8 @@ def build_worker(settings: Settings) -> Role:
         model_thread.close()
         if trainer.durability.journal is not None:
             trainer.durability.journal.close()
+        if trainer.tracking is not None:
+            trainer.tracking.close()
 
     return Role("worker", settings, app, latch, metrics, drain=flow.drain, close=close,
                 checkpoint_now=trainer.durability.checkpoint_now,
@@ -600,6 +610,8 @@ def build_train(settings: Settings) -> Role:
         thread.close()
         if trainer.durability.journal is not None:
             trainer.durability.journal.close()
+        if trainer.tracking is not None:
+            trainer.tracking.close()
 
     return Role("train", settings, app, latch, metrics, drain=flow.drain, close=close,
                 checkpoint_now=trainer.durability.checkpoint_now,

@@ -29,6 +29,7 @@ from lifecycle.config import CheckpointConfig, DriftConfig, GuardConfig, ModelsC
 from monitoring.metrics import MetricsConfig
 from serving.config import ServeConfig
 from streams.config import KafkaConfig, StreamConfig
+from tracking.config import TrackingConfig
 
 __all__ = ["ENV_FILE_VAR", "SECTIONS", "Settings", "SettingsError", "SettingSpec",
            "read_env_file", "setting_specs", "settings_markdown"]
@@ -87,6 +88,7 @@ SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
     "guard": (GuardConfig, None),
     "serve": (ServeConfig, None),
     "models": (ModelsConfig, None),
+    "tracking": (TrackingConfig, None),
 }
 
 
@@ -154,6 +156,7 @@ class Settings:
     guard: GuardConfig = field(default_factory=GuardConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         # An output record must fit in a produce request, with room for the key and headers.
