@@ -62,8 +62,10 @@ class Served:
 class Serving:
     def __init__(self, *, limits: "StreamConfig", serve: "ServeConfig", metrics: "Metrics",
                  thread: "ModelThread", models: "ServedModels", outputs: Outputs,
-                 dedup: "Deduplicator | None") -> None:
+                 dedup: "Deduplicator | None",
+                 task_labels: "dict[str, frozenset[str] | None] | None" = None) -> None:
         self.limits = limits
+        self.task_labels = task_labels or {}   # task -> fixed label set (None: any)
         self.serve = serve
         self.metrics = metrics
         self.thread = thread
@@ -77,7 +79,7 @@ class Serving:
         """Serve one batch; the outputs' deliveries are appended to ``deliveries`` (the caller
         awaits them before anything learns from the batch or acknowledges it)."""
         admission = admit(batch, task=task, limits=self.limits, dedup=self.dedup,
-                          received_at=time.time())
+                          received_at=time.time(), labels=self.task_labels.get(task))
         served = Served(duplicate=len(admission.duplicates))
         for raw, reason, message in admission.rejected:
             deliveries.append(await self._dead_letter(raw, reason, message))

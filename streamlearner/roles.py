@@ -43,6 +43,7 @@ class Report:
     model_version: int = 0
     refused: bool = False   # draining or failed: not processed, not acked (redelivered)
     failed: bool = False    # this batch failed the latch
+    learning: Any = None    # the worker's pipelined learning of this batch: awaits its Report
 
 
 @dataclass
@@ -85,31 +86,69 @@ class _Flow:
 
 
 class WorkerFlow(_Flow):
-    """All-in-one: serve the batch, deliver its outcomes, learn from it, settle its ack."""
+    """All-in-one: serve the batch, deliver its outcomes, learn from it, settle its ack.
 
-    def __init__(self, serving, trainer) -> None:
+    Pipelined one batch deep: batch n+1 is served (the serving thread encodes it) while batch
+    n's outcomes are delivered and the model learns from it (the model thread), so neither
+    thread waits for the other. Every event is still predicted before it is learned; a
+    prediction comes from the newest version whose batch has finished learning (at most one
+    batch behind a strictly sequential loop). Learning and acks stay in batch order. Serving
+    drops ids with its own best-effort copy of the dedup state; the trainer's exact dedup
+    (checkpointed) only holds ids that were learned, so a batch that was served but not yet
+    learned when a checkpoint was written is never mistaken for a redelivery after a crash.
+    """
+
+    def __init__(self, serving, trainer, *, pipelined: bool = True) -> None:
         super().__init__(trainer.latch, trainer.lock)
         self.serving = serving
         self.trainer = trainer
+        self.pipelined = pipelined
+        self._serve_lock = asyncio.Lock()
+        self._tail: asyncio.Future | None = None   # the last batch's delivery + learning
 
     async def handle(self, task: str, batch: Sequence, ack=None) -> Report:
-        from streams.outputs import deliver_all
-
+        """Serve ``batch`` now; its learning runs behind (``Report.learning``, awaited by the
+        next batch before it starts learning, or here when not ``pipelined``)."""
         if self.refused():
             return Report(refused=True)
+        async with self._serve_lock:
+            if self.refused():
+                return Report(refused=True)
+            deliveries: list = []
+            try:
+                served = await self.serving.handle(task, batch, deliveries)
+            except Exception as exc:
+                _close_unstarted(deliveries)
+                self.stage = "predict"
+                return self.failed(exc, self.trainer.durability.acks.pending_events
+                                   + len(batch))
+            previous = self._tail
+            if previous is not None:   # one batch deep: the previous one finishes first
+                await asyncio.wait([previous])
+            tail = asyncio.ensure_future(self._learn(task, batch, served, deliveries, ack))
+            self._tail = tail
+        if not self.pipelined:
+            return await tail
+        return Report(accepted=len(served.samples), invalid=served.invalid,
+                      duplicate=served.duplicate, learning=tail,
+                      model_version=self.serving.models.model_version)
+
+    async def _learn(self, task: str, batch: Sequence, served, deliveries: list,
+                     ack) -> Report:
+        from streams.outputs import deliver_all
+
         durability = self.trainer.durability
         async with self._lock():
             if self.refused():
+                _close_unstarted(deliveries)
                 return Report(refused=True)
             durability.in_batch = True
-            deliveries: list = []
             try:
-                self.stage = "predict"
-                served = await self.serving.handle(task, batch, deliveries)
                 self.stage = "publish"
                 await deliver_all(deliveries)   # every outcome out before the model learns
                 self.stage = "learn"
-                trained = await self.trainer.learn(task, served.samples, features=served.features)
+                trained = await self.trainer.learn(task, served.samples, features=served.features,
+                                                   check_ids=True)
             except Exception as exc:
                 _close_unstarted(deliveries)
                 return self.failed(exc, durability.acks.pending_events + len(batch))
@@ -120,8 +159,15 @@ class WorkerFlow(_Flow):
                           duplicate=served.duplicate, trained=trained,
                           model_version=self.trainer.learner.model_version)
 
+    async def settled(self) -> None:
+        """Wait until the last batch handed in has finished learning."""
+        if self._tail is not None:
+            await asyncio.wait([self._tail])
+
     async def drain(self) -> None:
         self.draining = True
+        async with self._serve_lock:
+            await self.settled()
         await self.trainer.drain()
 
 
@@ -245,7 +291,7 @@ def _close_unstarted(deliveries: list) -> None:
 # -- building blocks ------------------------------------------------------------------------
 
 def tasks_of(settings: Settings) -> list[str]:
-    return sorted(set(settings.kafka.source_topics().values()))
+    return sorted(settings.kafka.task_names())
 
 
 def build_metrics(settings: Settings):
@@ -343,7 +389,8 @@ def build_serving(settings: Settings, *, metrics, thread, outputs, dedup):
                               settings.checkpoint.dir).student,
                           learner_config=cfg, metrics=metrics)
     serving = Serving(limits=settings.stream, serve=settings.serve, metrics=metrics,
-                      thread=thread, models=models, outputs=outputs, dedup=dedup)
+                      thread=thread, models=models, outputs=outputs, dedup=dedup,
+                      task_labels={t.name: t.labels for t in settings.kafka.task_specs()})
     return serving, base
 
 
@@ -382,6 +429,7 @@ def assemble_worker(settings: Settings, *, metrics, latch, model_thread, serving
     """Serving + trainer + their batch flow, without Faust (build_worker and tests)."""
     from lifecycle.publishing import artifact_from_learner
     from serving.snapshot import ModelSnapshot
+    from streams.dedup import Deduplicator
 
     parts: dict = {}
 
@@ -393,9 +441,12 @@ def assemble_worker(settings: Settings, *, metrics, latch, model_thread, serving
 
     trainer = build_trainer(settings, metrics=metrics, latch=latch, thread=model_thread,
                             learner=learner, local=local, **trainer_outputs)
-    # Serving drops ids the trainer already holds (its dedup travels in the checkpoints).
+    # Serving drops ids the trainer already holds, with its own copy of the trainer's dedup
+    # (restored from the checkpoint); the trainer's exact one checks them again when it learns.
+    dedup = Deduplicator(id_capacity=settings.stream.dedup_ids, text_window=0)
+    dedup.load_state_dict(trainer.dedup.state_dict())
     serving, base = build_serving(settings, metrics=metrics, thread=serving_thread,
-                                  outputs=serving_outputs, dedup=trainer.dedup)
+                                  outputs=serving_outputs, dedup=dedup)
     parts.update(serving=serving, base=base)
     # The serving copy starts at the resumed version, before the first batch is predicted.
     artifact = model_thread.call(artifact_from_learner, trainer.learner)
@@ -407,11 +458,16 @@ def assemble_worker(settings: Settings, *, metrics, latch, model_thread, serving
 def _source_agents(app, settings: Settings, handle) -> None:
     from streams.agents.ingest import register_ingest_agent
 
-    for topic_name, task in settings.kafka.source_topics().items():
-        source = app.topic(topic_name, value_type=bytes, value_serializer="raw",
-                           key_serializer="raw")
-        register_ingest_agent(app, source, task, handle, batch_size=settings.stream.batch_size,
-                              max_wait_s=settings.stream.max_wait_s)
+    stream = settings.stream
+    for spec in settings.kafka.task_specs():
+        for topic_name in spec.topics:
+            source = app.topic(topic_name, value_type=bytes, value_serializer="raw",
+                               key_serializer="raw")
+            register_ingest_agent(
+                app, source, spec.name, handle,
+                batch_size=spec.batch_size or stream.batch_size,
+                max_wait_s=spec.max_wait_s or stream.max_wait_s,
+                name=f"ingest-{topic_name}" if len(spec.topics) > 1 else "ingest")
 
 
 def _student_timer(app, settings: Settings, serving) -> None:

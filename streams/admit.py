@@ -16,6 +16,8 @@ message for its dead letter; nothing is dropped silently.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
@@ -56,12 +58,14 @@ class Admission:
 
 
 def admit(batch: Sequence[RawEvent], *, task: str, limits: "StreamConfig",
-          dedup: "Deduplicator | None", received_at: float) -> Admission:
+          dedup: "Deduplicator | None", received_at: float,
+          labels: "Collection[str] | None" = None) -> Admission:
     """Sort one batch of ``task``'s events into accepted, rejected and duplicate ones.
 
     ``dedup`` drops an id seen before (a redelivery or a re-publish); ``None`` keeps every
-    valid event. A bug in the decoder rejects the event as ``internal_error`` instead of
-    losing it."""
+    valid event. ``labels``: the task's fixed label set (KAFKA_TASKS), an inline label outside
+    it is rejected (``label_not_allowed``). A bug in the decoder rejects the event as
+    ``internal_error`` instead of losing it."""
     out = Admission()
     for raw in batch:
         try:
@@ -76,6 +80,11 @@ def admit(batch: Sequence[RawEvent], *, task: str, limits: "StreamConfig",
             log.exception("unexpected error decoding %s[%d]@%d", raw.topic, raw.partition,
                           raw.offset)
             out.rejected.append((raw, Reason.internal_error, f"{type(exc).__name__} while decoding"))
+            continue
+        if labels is not None and event.label is not None and event.label not in labels:
+            out.rejected.append((raw, Reason.label_not_allowed,
+                                 f"label {event.label[:64]!r} is not in task {task!r}'s label "
+                                 "set"))
             continue
         if dedup is not None and dedup.seen_id(task, event.id):
             out.duplicates.append((raw, event))

@@ -26,9 +26,16 @@ class KafkaConfig:
     app_id: str = field(default="streamlearner", metadata=_help(
         "Faust app id = consumer group id and prefix of internal topics."))
     feedback_topic: str = field(default="customer-feedback", metadata=_help(
-        "Source topic of task `feedback`."))
+        "Source topic of the default task `feedback` (when KAFKA_TASKS is unset)."))
     market_topic: str = field(default="market-events", metadata=_help(
-        "Source topic of task `market`."))
+        "Source topic of the default task `market` (when KAFKA_TASKS is unset)."))
+    tasks: str | None = field(default=None, metadata=_help(
+        "Tasks and their source topics: `name=topic[,topic];name=topic`, or a TOML file "
+        "(`tasks.toml`: topics, an optional fixed label set and batching per task; "
+        "docs/tasks.md). Unset: `feedback` and `market` on the two topics above."))
+    labels_topic: str = field(default="labels", metadata=_help(
+        "Labels that come after their events: {id, label, task?, ts?} records, joined to "
+        "the predictions they score (LABELS_*)."))
     predictions_topic: str = field(default="predictions", metadata=_help("Output topic."))
     dead_letter_topic: str = field(default="dead-letters", metadata=_help(
         "Where rejected events go, with coordinates and reason."))
@@ -77,10 +84,25 @@ class KafkaConfig:
             raise ValueError(f"bootstrap must be host:port[,host:port...], got {self.bootstrap!r}")
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.app_id):
             raise ValueError(f"app_id must be letters, digits, '.', '_' or '-', got {self.app_id!r}")
+        from streams.tasks import default_tasks, parse_tasks
+
+        specs = (parse_tasks(self.tasks) if self.tasks is not None
+                 else default_tasks(self.feedback_topic, self.market_topic))
+        object.__setattr__(self, "_task_specs", specs)
         topics = {}
-        for name in ("feedback_topic", "market_topic", "predictions_topic", "dead_letter_topic",
-                     "drift_topic", "explanations_topic", "model_events_topic", "samples_topic",
-                     "model_versions_topic"):
+        names = ["predictions_topic", "dead_letter_topic", "drift_topic", "explanations_topic",
+                 "model_events_topic", "samples_topic", "model_versions_topic", "labels_topic"]
+        if self.tasks is None:
+            names = ["feedback_topic", "market_topic"] + names
+        else:
+            for name in ("feedback_topic", "market_topic"):
+                if not _TOPIC_RE.match(getattr(self, name)):
+                    raise ValueError(f"{name} is not a valid Kafka topic name: "
+                                     f"{getattr(self, name)!r}")
+            for spec in specs:
+                for topic in spec.topics:
+                    topics[topic] = f"tasks ({spec.name}'s topic)"
+        for name in names:
             value = getattr(self, name)
             if not _TOPIC_RE.match(value):
                 raise ValueError(f"{name} is not a valid Kafka topic name: {value!r}")
@@ -111,9 +133,19 @@ class KafkaConfig:
     def servers(self) -> str:
         return self.bootstrap or "127.0.0.1:9092"
 
+    def task_specs(self) -> tuple:
+        """The configured tasks (:class:`streams.tasks.TaskSpec`), in configuration order."""
+        return self._task_specs
+
+    def task_names(self) -> list[str]:
+        return [spec.name for spec in self._task_specs]
+
+    def task_spec(self, name: str):
+        return next((spec for spec in self._task_specs if spec.name == name), None)
+
     def source_topics(self) -> dict[str, str]:
         """Source topic -> task."""
-        return {self.feedback_topic: "feedback", self.market_topic: "market"}
+        return {topic: spec.name for spec in self._task_specs for topic in spec.topics}
 
     def output_topics(self) -> list[str]:
         """Topics the roles write (every one must exist: clients do not auto-create)."""
@@ -122,7 +154,7 @@ class KafkaConfig:
                 self.model_versions_topic]
 
     def all_topics(self) -> list[str]:
-        return list(self.source_topics()) + self.output_topics()
+        return list(self.source_topics()) + [self.labels_topic] + self.output_topics()
 
     def client_kwargs(self) -> dict[str, Any]:
         """Security settings for kafka-python clients."""

@@ -65,7 +65,13 @@ class Harness:
         self.latch.on_failure = self.stopped.append
 
     # what tests call
-    def handle(self, task, batch, ack=None):
+    async def handle(self, task, batch, ack=None):
+        """One batch, served and learned (the worker pipelines learning behind serving:
+        ``handle_pipelined`` leaves it running)."""
+        report = await self.flow.handle(task, batch, ack)
+        return await report.learning if report.learning is not None else report
+
+    def handle_pipelined(self, task, batch, ack=None):
         return self.flow.handle(task, batch, ack)
 
     def drain(self):

@@ -13,6 +13,7 @@ ones would let Faust commit past them.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Awaitable, Callable, Sequence
 
 import faust
@@ -42,5 +43,5 @@ def register_ingest_agent(app: faust.App, topic: faust.TopicT, task: str, handle
 
             yield await asyncio.shield(handle(task, batch, ack))
 
-    ingest.__name__ = ingest.__qualname__ = f"{name}_{task}"
+    ingest.__name__ = ingest.__qualname__ = re.sub(r"\W", "_", f"{name}_{task}")
     return app.agent(topic, name=f"{app.conf.id}.{name}-{task}", concurrency=1, sink=None)(ingest)

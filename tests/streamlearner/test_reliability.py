@@ -189,3 +189,49 @@ async def test_a_job_raising_stop_iteration_does_not_hang_the_caller():
     with ModelThread() as mt:
         with pytest.raises(RuntimeError, match="StopIteration"):
             await mt.run(broken)
+
+
+async def test_pipelined_batches_learn_in_order_and_a_crash_loses_none(make_pipeline, tmp_path):
+    """Batch n+1 is served while batch n learns. A checkpoint written meanwhile must not hold
+    n+1's ids (it was served, not learned): after a crash there, its redelivery is trained."""
+    import shutil
+
+    pipe, _ = make_pipeline(every=1)
+    acks = Acks()
+    first = await pipe.handle_pipelined("feedback", labeled(["a", "b"]), acks("0"))
+    second = await pipe.handle_pipelined("feedback", labeled(["c", "d"], 2), acks("1"))
+    assert first.learning.done()            # the next batch's learning waits for it
+    assert (await first.learning).trained == 2
+    # "Crash" now: batch 1 was served (its ids are in serving's dedup), not learned yet.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "ck", crashed)
+    assert (await second.learning).trained == 2
+    assert acks.done == ["0", "1"]           # in batch order
+    pipe.model.call(lambda: None)
+    assert {i for _, i in pipe.journal.trained_counts()} == {"a", "b", "c", "d"}
+    pipe.close()
+
+    shutil.rmtree(tmp_path / "ck")
+    shutil.copytree(crashed, tmp_path / "ck")
+    pipe2, _ = make_pipeline(every=1)
+    assert pipe2.learner.model_version == 1
+    again = await pipe2.handle("feedback", labeled(["c", "d"], 2), acks("1 again"))
+    assert (again.duplicate, again.trained) == (0, 2)   # trained: never lost as a "duplicate"
+    pipe2.model.call(lambda: None)
+    counts = pipe2.journal.trained_counts()
+    assert {i: n for (_, i), n in counts.items()} == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+async def test_a_failed_learning_refuses_the_batch_served_behind_it(make_pipeline, monkeypatch):
+    pipe, _ = make_pipeline(every=1)
+    acks = Acks()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("learner bug")
+
+    monkeypatch.setattr(pipe.learner, "learn_many", boom)
+    first = await pipe.handle_pipelined("feedback", labeled(["a"]), acks("0"))
+    second = await pipe.handle_pipelined("feedback", labeled(["b"], 1), acks("1"))
+    assert (await first.learning).failed
+    assert second.refused or (await second.learning).refused
+    assert acks.done == [] and pipe.failed

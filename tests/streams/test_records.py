@@ -112,7 +112,9 @@ def test_decode_event_rejects(raw, task, kwargs, reason, words):
 
 def test_every_input_reason_has_a_case():
     # unknown_task: a samples-topic record (decode_sample) or a label record of another task.
-    produced_elsewhere = {Reason.empty_after_cleaning, Reason.internal_error, Reason.unknown_task}
+    # label_not_allowed: admit() against a task's fixed label set (tests/streams/test_tasks.py).
+    produced_elsewhere = {Reason.empty_after_cleaning, Reason.internal_error, Reason.unknown_task,
+                          Reason.label_not_allowed}
     covered = {case[4] for case in REJECTIONS}
     assert covered | produced_elsewhere == set(Reason)
 
@@ -132,10 +134,15 @@ def test_text_at_the_limit_is_accepted():
     assert _decode(_json(id="1", text="é" * 10), max_text_chars=10).text == "é" * 10
 
 
+def test_any_configured_task_decodes_without_source_fields():
+    event = _decode(_json(id="1", text="hi", symbol="X"), task="weather")
+    assert (event.task, dict(event.fields)) == ("weather", {})
+
+
 @pytest.mark.parametrize("raw", [_json(id="1", text="hi"), b"\xff"], ids=["valid", "invalid"])
-def test_unknown_task_is_a_programming_error(raw):
+def test_no_task_is_a_programming_error(raw):
     with pytest.raises(ValueError, match="task"):
-        _decode(raw, task="weather")
+        _decode(raw, task="")
 
 
 def test_rejected_event_pickles():
