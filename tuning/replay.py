@@ -115,11 +115,25 @@ def replay(settings: "Settings", events: Sequence["StreamEvent"], *,
     learner)`` runs when a segment ends, after its batches were served and trained; its
     value is kept in ``result.evaluations[name]``.
     """
+    import torch
+
+    learner = learner if learner is not None else build_learner(settings, features)
+    threads = torch.get_num_threads()
+    if learner.config.frozen and learner.device.type == "cpu":
+        # Head mode is tiny matmuls on cached features: thread hand-offs cost more than they
+        # save, badly so on busy cores (bench continual does the same).
+        torch.set_num_threads(1)
+    try:
+        return _replay(settings, events, learner, progress, progress_every, on_segment_end)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _replay(settings, events, learner, progress, progress_every, on_segment_end) -> ReplayResult:
     from lifecycle.probes import ProbeSets
     from streams.dedup import Deduplicator
 
     started = time.perf_counter()
-    learner = learner if learner is not None else build_learner(settings, features)
     stream, metrics = settings.stream, settings.metrics
     size, wait = stream.batch_size, stream.max_wait_s
     probes = ProbeSets(size=metrics.probe_size, every=metrics.probe_every)

@@ -78,6 +78,13 @@ def _constraints(trial) -> tuple[float]:
     return (trial.user_attrs.get("constraint", 0.0),)
 
 
+def _trial_constraints() -> bool:
+    """Optuna >= 5 keeps constraints on the trial (``Trial.set_constraint``)."""
+    import optuna
+
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
+
 def open_study(options: TuneOptions, *, warmup_steps: int = 0):
     """Create or resume the study (maximise; TPE with the forgetting constraint)."""
     import optuna
@@ -85,12 +92,18 @@ def open_study(options: TuneOptions, *, warmup_steps: int = 0):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     Path(options.out).mkdir(parents=True, exist_ok=True)
     url = options.storage_url()
-    storage = optuna.storages.RDBStorage(
-        url, heartbeat_interval=30, grace_period=120,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=options.seed, constraints_func=_constraints)
+        # A trial whose process died (no heartbeat for 2 minutes) is retried once. Optuna 5
+        # renamed the callback and moved constraints onto the trial (Trial.set_constraint).
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+            retry = {"heartbeat_stale_trial_callback":
+                     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+        else:
+            retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120, **retry)
+        constraints = {} if _trial_constraints() else {"constraints_func": _constraints}
+        sampler = optuna.samplers.TPESampler(seed=options.seed, **constraints)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=warmup_steps)
               if options.prune else optuna.pruners.NopPruner())
     return optuna.create_study(study_name=options.study_name, storage=storage, sampler=sampler,
@@ -164,6 +177,8 @@ def run_study(base_env: Mapping[str, str], tune_events: Sequence["StreamEvent"],
         forgetting = result.mean_forgetting
         trial.set_user_attr("forgetting", forgetting)
         trial.set_user_attr("constraint", forgetting - options.max_forgetting)
+        if _trial_constraints():
+            trial.set_constraint("forgetting", forgetting - options.max_forgetting)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
         trial.set_user_attr("updates", result.updates)
         if run is not None:
