@@ -253,9 +253,9 @@ class Tracker:
         self._run(key)
 
     def _do_log(self, key: int, *, metrics=None, step=0, ts=None, params=None, tags=None) -> None:
+        run_id = self._run(key)
         from mlflow.entities import Metric, Param, RunTag
 
-        run_id = self._run(key)
         ts = ts or int(time.time() * 1000)
         ms = [Metric(k, v, ts, step) for k, v in (metrics or {}).items()]
         ps = [Param(str(k), str(v)[:_MAX_PARAM_CHARS]) for k, v in (params or {}).items()]
