@@ -56,6 +56,11 @@ class Durability:
         if self.journal is not None:
             self.journal.append(version, task, ids)
 
+    def touched(self) -> None:
+        """State the checkpoint carries changed without a model update (the label join's
+        pending store): the batch's ack waits for the next checkpoint."""
+        self.dirty = True
+
     def _save(self, extra: dict) -> None:
         if self.journal is not None:
             self.journal.sync()   # the journal lines of what this checkpoint holds, first

@@ -69,6 +69,9 @@ class JoinConfig:
 
     All durations are in *event time* (the records' ``ts``), never wall time."""
 
+    enabled: bool = field(default=True, metadata=_help(
+        "Join labels from KAFKA_LABELS_TOPIC to earlier events where the model learns (worker, "
+        "train). Off: the labels topic is not read and unlabeled events are not kept."))
     max_age_s: float = field(default=86_400.0, metadata=_help(
         "How long (event time) an unlabeled event waits for its label: a label joins when its "
         "ts is at most this after the event's. Older events are evicted (counted, cause age)."))

@@ -53,6 +53,11 @@ class CheckpointLayout:
         return self.root / "student"
 
     @property
+    def labels(self) -> Path:
+        """The label join's pending store (lifecycle/join_log.py), referenced by checkpoints."""
+        return self.root / "labels"
+
+    @property
     def journal(self) -> Path:
         return self.root / "journal.jsonl"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from streams.outputs import deliver_all
 from streams.records import ModelEvent, Sample
@@ -30,8 +30,10 @@ if TYPE_CHECKING:
     from lifecycle.adaptation import DriftWatch
     from lifecycle.durability import Durability
     from lifecycle.guard import StabilityGuard
+    from lifecycle.labeling import LabelJoin
     from lifecycle.probes import ProbeSets
     from lifecycle.publishing import VersionPublisher
+    from streams.admit import RawEvent
     from monitoring.metrics import Metrics
     from streams.dedup import Deduplicator
     from streams.handoff import ModelThread
@@ -48,7 +50,10 @@ class Trainer:
                  guard: "StabilityGuard | None" = None,
                  champion: "CheckpointManager | None" = None,
                  publisher: "VersionPublisher | None" = None,
-                 model_events: Publish | None = None, keep_last: int = 3) -> None:
+                 model_events: Publish | None = None, keep_last: int = 3,
+                 labels: "LabelJoin | None" = None,
+                 dead_letters: Publish | None = None,
+                 dead_letter_max_bytes: int | None = None) -> None:
         self.learner = learner
         self.thread = thread
         self.metrics = metrics
@@ -62,6 +67,9 @@ class Trainer:
         self.publisher = publisher
         self.model_events = model_events
         self.keep_last = keep_last
+        self.labels = labels                # late labels joined to earlier events
+        self.dead_letters = dead_letters    # Output.publish of the dead-letter topic
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.last_update_ts: float | None = None
         self._updates_since_probe = 0
         self._lock: asyncio.Lock | None = None
@@ -82,11 +90,14 @@ class Trainer:
         extra = {"dedup": self.dedup.state_dict(), "probes": self.probes.state_dict()}
         if self.publisher is not None:
             extra["publisher"] = self.publisher.state_dict()
+        if self.labels is not None:
+            extra["labels"] = self.labels.persist()
         return extra
 
     def restore(self) -> int:
         """Load the newest good checkpoint (if any); returns the model version resumed from."""
         checkpoints = self.durability.checkpoints
+        extra = None
         if checkpoints is not None:
             extra = self.thread.call(checkpoints.load_latest, self.learner)
             if extra:
@@ -94,6 +105,10 @@ class Trainer:
                 self.probes.load_state_dict(extra.get("probes", {}))
                 if self.publisher is not None:
                     self.publisher.load_state_dict(extra.get("publisher", {}))
+        if self.labels is not None:
+            # Without its files the checkpoint's labels would be lost or trained twice: a
+            # LabelLogError stops the start (lifecycle/join_log.py).
+            self.labels.restore((extra or {}).get("labels"))
         version = self.learner.model_version
         journal = self.durability.journal
         if journal is not None:
@@ -150,6 +165,9 @@ class Trainer:
             samples = fresh
         if not samples:
             return 0
+        if self.labels is not None:   # unlabeled events wait for their labels (durably)
+            self.labels.observe_samples(task, samples)
+            self.durability.touched()
         if features is not None and self.learner.config.frozen:
             await self.thread.run(self.learner.features.offer, [s.text for s in samples], features)
         labeled = [s for s in samples if s.label is not None]
@@ -168,7 +186,52 @@ class Trainer:
                 train.append(s)
         if train:
             await self._update(task, train)
-        return len(train)
+        trained = len(train)
+        if self.labels is not None:   # labels that were waiting for these events
+            trained += await self._learn_joined()
+        return trained
+
+    async def learn_labels(self, batch: Sequence["RawEvent"]) -> int:
+        """One batch of the labels topic (call under :meth:`lock`): bad records and labels
+        that found no event are dead-lettered, joined ones trained once; how many trained."""
+        if self.labels is None:
+            raise RuntimeError("the label join is off (LABELS_ENABLED=false)")
+        self.labels.add_records(batch)
+        self.durability.touched()
+        return await self._learn_joined()
+
+    async def _learn_joined(self) -> int:
+        """Train what the label join has ready; deliver its dead letters first."""
+        from streams.records import dead_letter
+
+        join = self.labels
+        deliveries = []
+        now = time.time()
+        for bad in join.take_dead_letters():
+            if self.dead_letters is None:
+                log.warning("label dead letter dropped (no dead-letter output): %s", bad.reason)
+                continue
+            self.metrics.dead_letters.labels(topic=bad.topic, reason=bad.reason).inc()
+            record = dead_letter(bad.payload, topic=bad.topic, partition=bad.partition,
+                                 offset=bad.offset, reason=bad.reason, message=bad.message,
+                                 ts=now, max_bytes=self.dead_letter_max_bytes)
+            deliveries.append(await self.dead_letters(
+                f"{bad.topic}:{bad.partition}:{bad.offset}", record))
+        await deliver_all(deliveries)
+        trained = 0
+        for task, joined in join.take_training().items():
+            train = []
+            for j in joined:
+                if self.dedup.repeat_text(task, j.text):
+                    self.metrics.repeat_texts.labels(task=task).inc()
+                elif not self.probes.take(task, j.id, j.text, j.label):
+                    train.append(Sample(j.id, task, j.text, j.label, j.event_ts, "", -1, -1,
+                                        now, j.predicted, j.confidence, j.model_version))
+            if train:
+                await self._update(task, train)
+                trained += len(train)
+        join.refresh_gauges()
+        return trained
 
     def _update_job(self, task: str, texts: list[str], labels: list[str], ids: list[str]):
         """Model thread: the update and its journal line, in model order."""

@@ -33,6 +33,13 @@ FAILURE_STAGES = ("decode", "predict", "publish", "learn", "checkpoint", "ack", 
 REFUSALS = ("format", "base_model", "mode", "checksum", "unreadable", "stale")
 _STALENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 DRIFT_DETECTORS = (("concept", "adwin"), ("data", "mmd"), ("label", "chi2"))
+# Final outcomes of a label from the labels topic (lifecycle/join_types.py Outcome), and why
+# an unlabeled event left the pending store before its label came.
+LABEL_OUTCOMES = ("joined", "duplicate", "correction", "expired_event", "unmatched_label",
+                  "ambiguous", "not_allowed", "invalid")
+EVICTION_CAUSES = ("age", "late", "count", "bytes")
+NO_TASK = "none"   # the task label of a label whose task is unknown
+_DELAY_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -241,6 +248,33 @@ class Metrics:
             "streamlearner_train_duplicate_samples_total",
             "Samples dropped by the trainer because the model already holds their id "
             "(a replica's redelivery).", ["task"], registry=r)
+        self.label_outcomes = Counter(
+            "streamlearner_labels_total",
+            "Records of the labels topic by final outcome: joined (trained once), duplicate, "
+            "correction, expired_event, unmatched_label, ambiguous, not_allowed, invalid "
+            f"(undecodable). task={NO_TASK!r}: not known.", ["task", "outcome"], registry=r)
+        self.labels_waiting = Gauge("streamlearner_labels_waiting",
+                                    "Labels that came before their event, waiting for it.",
+                                    registry=r)
+        self.labels_pending_events = Gauge(
+            "streamlearner_labels_pending_events",
+            "Unlabeled events held in the pending store for a later label.", registry=r)
+        self.labels_pending_bytes = Gauge(
+            "streamlearner_labels_pending_bytes",
+            "Bytes of the pending store's events (what LABELS_MAX_BYTES bounds).", registry=r)
+        self.labels_evicted = Counter(
+            "streamlearner_labels_evicted_total",
+            "Unlabeled events that left the pending store without a label: age "
+            "(LABELS_MAX_AGE_S of event time), late (already out of the window), count or bytes "
+            "(the caps).", ["cause"], registry=r)
+        self.label_delay = Histogram(
+            "streamlearner_labels_delay_seconds",
+            "Event-time delay of joined labels (label ts - event ts; early labels count as 0).",
+            ["task"], buckets=_DELAY_BUCKETS, registry=r)
+        self.delayed_prequential = Gauge(
+            "streamlearner_learner_delayed_prequential_accuracy_ratio",
+            "Sliding accuracy of the predictions served when events arrived, scored by the "
+            "labels that came later (delayed-prequential).", ["task"], registry=r)
         self._drift_detectors = tuple(drift_detectors)
         self._lag_labels: set[tuple[str, str]] = set()
         self._window = prequential_window
@@ -262,11 +296,19 @@ class Metrics:
             self.serve_refused.labels(reason=reason)
         for endpoint in ("predict", "explain"):
             self.request_duration.labels(endpoint=endpoint)
+        for cause in EVICTION_CAUSES:
+            self.labels_evicted.labels(cause=cause)
+        for outcome in LABEL_OUTCOMES:
+            self.label_outcomes.labels(task=NO_TASK, outcome=outcome)
         for task in tasks:
             self.init_task(task)
 
     def init_task(self, task: str) -> None:
         self.duplicate_samples.labels(task=task)
+        self.label_delay.labels(task=task)
+        self.delayed_prequential.labels(task=task)
+        for outcome in LABEL_OUTCOMES:
+            self.label_outcomes.labels(task=task, outcome=outcome)
         for child in (self.repeat_texts, self.predictions, self.updates, self.update_failures,
                       self.loss, self.prequential_accuracy, self.memory_samples, self.labels):
             child.labels(task=task)

@@ -280,6 +280,47 @@ class TrainFlow(_Flow):
         await self.trainer.drain()
 
 
+class LabelFlow(_Flow):
+    """The labels topic, where the model learns: join each label to its event, train the
+    joined ones once, dead-letter the rest; the ack waits for the checkpoint holding it."""
+
+    def __init__(self, trainer) -> None:
+        super().__init__(trainer.latch, trainer.lock)
+        self.trainer = trainer
+
+    async def handle(self, _task: str, batch: Sequence, ack=None) -> Report:
+        if self.refused():
+            return Report(refused=True)
+        durability = self.trainer.durability
+        async with self._lock():
+            if self.refused():
+                return Report(refused=True)
+            durability.in_batch = True
+            try:
+                self.stage = "learn"
+                trained = await self.trainer.learn_labels(batch)
+            except Exception as exc:
+                return self.failed(exc, durability.acks.pending_events + len(batch))
+            finally:
+                durability.in_batch = False
+            await durability.settle(ack, len(batch))
+            return Report(accepted=len(batch), trained=trained,
+                          model_version=self.trainer.learner.model_version)
+
+
+def _label_agent(app, settings: Settings, trainer) -> None:
+    """The labels topic's agent (worker and train roles), when the label join is on."""
+    from streams.agents.ingest import register_ingest_agent
+
+    if trainer.labels is None:
+        return
+    topic = app.topic(settings.kafka.labels_topic, value_type=bytes, value_serializer="raw",
+                      key_serializer="raw")
+    register_ingest_agent(app, topic, "labels", LabelFlow(trainer).handle,
+                          batch_size=settings.stream.batch_size,
+                          max_wait_s=settings.stream.max_wait_s, name="join")
+
+
 def _close_unstarted(deliveries: list) -> None:
     import inspect
 
@@ -310,7 +351,7 @@ def build_metrics(settings: Settings):
 
 def build_trainer(settings: Settings, *, metrics, latch, thread, learner=None,
                   drift_alerts=None, model_events=None, versions=None, local=None,
-                  tracker=None):
+                  tracker=None, dead_letters=None):
     """Learner (built on ``thread`` unless given), checkpoints, journal, guard, drift and the
     version publisher -> a restored :class:`~lifecycle.trainer.Trainer`. ``drift_alerts`` /
     ``model_events``: ``Output.publish`` of those topics; ``versions``: ``send_and_wait`` of
@@ -354,11 +395,21 @@ def build_trainer(settings: Settings, *, metrics, latch, thread, learner=None,
                                  thread=thread, metrics=metrics,
                                  store=ModelStore(settings.models.store), send=versions,
                                  local=local)
+    labels = None
+    if settings.labels.enabled:
+        from lifecycle.labeling import LabelJoin
+
+        labels = LabelJoin(settings.labels,
+                           tasks={t.name: t.labels for t in settings.kafka.task_specs()},
+                           directory=layout.labels, metrics=metrics,
+                           window=settings.metrics.prequential_window)
     trainer = Trainer(learner=learner, thread=thread, metrics=metrics, durability=durability,
                       dedup=dedup, probes=probes,
                       evaluate_every=settings.metrics.probe_every_updates, drift=drift,
                       guard=guard, champion=champion, publisher=publisher,
-                      model_events=model_events, keep_last=ck.keep_last)
+                      model_events=model_events, keep_last=ck.keep_last, labels=labels,
+                      dead_letters=dead_letters,
+                      dead_letter_max_bytes=settings.stream.dead_letter_max_bytes)
     trainer_ref.append(trainer)
     trainer.restore()
     # Experiment tracking (off unless TRACKING_URI / MLFLOW_TRACKING_URI): a callback after
@@ -413,7 +464,7 @@ def serving_outputs(app, settings: Settings, *, metrics, policy, samples: bool =
 
 def trainer_outputs(app, settings: Settings, *, metrics, policy) -> dict:
     from streams.app import output
-    from streams.records import DriftAlert, ModelEvent
+    from streams.records import DeadLetter, DriftAlert, ModelEvent
 
     k = settings.kafka
     return {"drift_alerts": output(app, k.drift_topic, metrics=metrics, policy=policy,
@@ -421,7 +472,9 @@ def trainer_outputs(app, settings: Settings, *, metrics, policy) -> dict:
             "model_events": output(app, k.model_events_topic, metrics=metrics, policy=policy,
                                    value_type=ModelEvent).publish,
             "versions": output(app, k.model_versions_topic, metrics=metrics,
-                               policy=policy).send_and_wait}
+                               policy=policy).send_and_wait,
+            "dead_letters": output(app, k.dead_letter_topic, metrics=metrics, policy=policy,
+                                   value_type=DeadLetter).publish}
 
 
 def assemble_worker(settings: Settings, *, metrics, latch, model_thread, serving_thread,
@@ -468,6 +521,13 @@ def _source_agents(app, settings: Settings, handle) -> None:
                 batch_size=spec.batch_size or stream.batch_size,
                 max_wait_s=spec.max_wait_s or stream.max_wait_s,
                 name=f"ingest-{topic_name}" if len(spec.topics) > 1 else "ingest")
+
+
+def _consumed(settings: Settings, trainer) -> set[str]:
+    topics = set(settings.kafka.source_topics())
+    if trainer.labels is not None:
+        topics.add(settings.kafka.labels_topic)
+    return topics
 
 
 def _student_timer(app, settings: Settings, serving) -> None:
@@ -532,8 +592,8 @@ def build_worker(settings: Settings) -> Role:
     flow_ref.append(flow)
     trainer, serving = flow.trainer, flow.serving
     _source_agents(app, settings, flow.handle)
-    add_lag_timer(app, metrics, set(settings.kafka.source_topics()),
-                  settings.metrics.lag_interval_s)
+    _label_agent(app, settings, trainer)
+    add_lag_timer(app, metrics, _consumed(settings, trainer), settings.metrics.lag_interval_s)
     _trainer_timers(app, trainer)
     _student_timer(app, settings, serving)
     register_api(app, tasks=tasks_of(settings), max_chars=settings.stream.max_text_chars,
@@ -615,14 +675,41 @@ def build_serve(settings: Settings) -> Role:
                 parts={"serving": serving, "follower": follower, "flow": flow})
 
 
+def _lead_ranks(app, settings: Settings, thread, latch):
+    """Rank 0 of a trainer made of several ranks (``train --nproc-per-node N`` or torchrun):
+    a learner that leads the others (learner/distributed.py, docs/distributed.md); None in a
+    one-process trainer. A rank lost while idle (the heartbeat failed) fail-stops the role."""
+    from learner.distributed import DistributedLearner, init, ranks_from_env
+
+    ranks = ranks_from_env()
+    if ranks is None:
+        return None
+    config, group = init(settings.learner, ranks)
+    learner = thread.call(DistributedLearner, config, settings.memory, group=group)
+
+    @app.timer(interval=1.0)
+    async def ranks_alive():
+        if learner.failure is not None and not latch.failed:
+            latch.fail("learn", learner.failure)
+
+    return learner
+
+
+def _end_ranks(learner) -> None:
+    """Tell the other ranks to stop, then leave the process group (rank 0 of several)."""
+    import torch.distributed as dist
+
+    learner.stop()
+    dist.destroy_process_group()
+
+
 def build_train(settings: Settings) -> Role:
     """The trainer: learns from the samples topic and publishes model versions."""
     from lifecycle.layout import CheckpointLayout
     from serving.api import register_api
     from streams.acks import FailStop
     from streams.agents.ingest import register_ingest_agent
-    from streams.app import add_lag_timer, create_app, delivery_policy, output
-    from streams.records import DeadLetter
+    from streams.app import add_lag_timer, create_app, delivery_policy
     from streams.topics import newest_record
 
     metrics = build_metrics(settings)
@@ -635,7 +722,8 @@ def build_train(settings: Settings) -> Role:
                      data_dir=str(CheckpointLayout(settings.checkpoint.dir).faust_data("train")),
                      registry=metrics.registry, latch=latch,
                      health=lambda: {"model_version": trainer_ref[0].learner.model_version})
-    trainer = build_trainer(settings, metrics=metrics, latch=latch, thread=thread,
+    leader = _lead_ranks(app, settings, thread, latch)
+    trainer = build_trainer(settings, metrics=metrics, latch=latch, thread=thread, learner=leader,
                             **trainer_outputs(app, settings, metrics=metrics, policy=policy))
     trainer_ref.append(trainer)
     from lifecycle.publishing import ArtifactError, VersionRecord
@@ -648,22 +736,25 @@ def build_train(settings: Settings) -> Role:
     except ArtifactError as err:
         log.warning("the newest model-versions record is not readable (%s); publishing "
                     "continues from the checkpoint's sequence", err)
-    dead_letters = output(app, k.dead_letter_topic, metrics=metrics, policy=policy,
-                          value_type=DeadLetter).publish
     flow = TrainFlow(trainer, tasks=set(tasks_of(settings)), limits=settings.stream,
-                     dead_letters=dead_letters, metrics=metrics)
+                     dead_letters=trainer.dead_letters, metrics=metrics)
     samples = app.topic(k.samples_topic, value_type=bytes, value_serializer="raw",
                         key_serializer="raw")
     register_ingest_agent(app, samples, "samples", flow.handle,
                           batch_size=settings.stream.batch_size,
                           max_wait_s=settings.stream.max_wait_s, name="train")
-    add_lag_timer(app, metrics, {k.samples_topic}, settings.metrics.lag_interval_s)
+    _label_agent(app, settings, trainer)
+    add_lag_timer(app, metrics, {k.samples_topic} | (
+        {k.labels_topic} if trainer.labels is not None else set()),
+        settings.metrics.lag_interval_s)
     _trainer_timers(app, trainer)
     register_api(app, tasks=tasks_of(settings), max_chars=settings.stream.max_text_chars,
                  admin_token=settings.serve.admin_token, trainer=trainer)
 
     def close() -> None:
         thread.close()
+        if leader is not None:
+            _end_ranks(leader)
         if trainer.durability.journal is not None:
             trainer.durability.journal.close()
         if trainer.tracking is not None:

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from learner.config import LearnerConfig, MemoryConfig
 from lifecycle.config import CheckpointConfig, DriftConfig, GuardConfig, ModelsConfig
+from lifecycle.join_types import JoinConfig
 from monitoring.metrics import MetricsConfig
 from serving.config import ServeConfig
 from streams.config import KafkaConfig, StreamConfig
@@ -88,6 +89,7 @@ SECTIONS: dict[str, tuple[type, dict[str, str] | None]] = {
     "guard": (GuardConfig, None),
     "serve": (ServeConfig, None),
     "models": (ModelsConfig, None),
+    "labels": (JoinConfig, None),
     "tracking": (TrackingConfig, None),
 }
 
@@ -156,6 +158,7 @@ class Settings:
     guard: GuardConfig = field(default_factory=GuardConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    labels: JoinConfig = field(default_factory=JoinConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:

@@ -439,7 +439,7 @@ def dead_letter(
     except UnicodeDecodeError:
         payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
     fields = dict(payload_encoding=encoding, topic=topic, partition=partition, offset=offset,
-                  reason=reason.value, message=message, ts=ts, payload_bytes=len(raw),
+                  reason=getattr(reason, "value", reason), message=message, ts=ts, payload_bytes=len(raw),
                   payload_sha256=hashlib.sha256(raw).hexdigest())
     record = DeadLetter(payload=payload, **fields)
     if max_bytes is None or len(payload) + 1024 <= max_bytes and record_size(record) <= max_bytes:

@@ -74,6 +74,14 @@ class Harness:
     def handle_pipelined(self, task, batch, ack=None):
         return self.flow.handle(task, batch, ack)
 
+    def handle_labels(self, batch, ack=None):
+        """One batch of the labels topic (streamlearner.roles.LabelFlow)."""
+        from streamlearner.roles import LabelFlow
+
+        if getattr(self, "_labels_flow", None) is None:
+            self._labels_flow = LabelFlow(self.trainer)
+        return self._labels_flow.handle("labels", batch, ack)
+
     def drain(self):
         return self.flow.drain()
 
@@ -167,7 +175,8 @@ def make_worker(tmp_path, model_dir: str, *, broker: Broker | None = None,
                                 explanations=out("explanations").publish),
         trainer_outputs={"drift_alerts": out("drift-alerts").publish,
                          "model_events": out("model-events").publish,
-                         "versions": out("model-versions").send_and_wait})
+                         "versions": out("model-versions").send_and_wait,
+                         "dead_letters": out("dead-letters").publish})
     return Harness(flow, settings, reg, [model_thread, serving_thread], broker)
 
 
@@ -176,6 +185,12 @@ def raw(offset, payload, topic="customer-feedback", partition=0):
         payload = json.dumps(payload).encode()
     return RawEvent(value=payload, topic=topic, partition=partition, offset=offset,
                     timestamp=0.0)
+
+
+def label_records(pairs, offset=0, topic="labels", **fields):
+    """Labels-topic records: ``pairs`` of (id, label), extra JSON ``fields`` on each."""
+    return [raw(offset + k, {"id": i, "label": y, **fields}, topic)
+            for k, (i, y) in enumerate(pairs)]
 
 
 def labeled(ids, offset=0, label="lost", topic="customer-feedback"):
@@ -235,7 +250,8 @@ def make_split(tmp_path, model_dir: str, *, broker: Broker | None = None, **env)
     trainer = build_trainer(settings, metrics=metrics, latch=train_latch, thread=ModelThread(),
                             drift_alerts=out("drift-alerts").publish,
                             model_events=out("model-events").publish,
-                            versions=out("model-versions").send_and_wait)
+                            versions=out("model-versions").send_and_wait,
+                            dead_letters=out("dead-letters").publish)
     train = TrainFlow(trainer, tasks={"feedback", "market"}, limits=settings.stream,
                       dead_letters=out("dead-letters").publish, metrics=metrics)
     return serve, train, broker, reg

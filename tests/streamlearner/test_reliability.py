@@ -41,9 +41,21 @@ async def test_acks_wait_for_the_checkpoint_that_holds_the_batch(make_pipeline):
     assert pipe.checkpoints.latest() is not None
     assert acks.done == ["1", "2", "3"]
     assert reg.get_sample_value("streamlearner_stream_pending_ack_events") == 0
-    # Nothing changed the model since: an unlabeled batch is acked at once.
+    # The model did not change, but the label join now holds "e" for its label: the ack
+    # waits for the checkpoint that holds the pending store (or it would be lost in a crash).
     await pipe.handle("feedback", unlabeled(["e"], 4), acks("4"))
+    assert acks.done[-1] == "3"
+    await pipe.drain()
     assert acks.done[-1] == "4"
+
+
+async def test_without_the_label_join_an_unlabeled_batch_is_acked_at_once(make_pipeline):
+    pipe, _ = make_pipeline(every=1, LABELS_ENABLED="false")
+    acks = Acks()
+    await pipe.handle("feedback", labeled(["a"]), acks("1"))
+    assert acks.done == ["1"]
+    await pipe.handle("feedback", unlabeled(["b"], 1), acks("2"))   # nothing changed
+    assert acks.done == ["1", "2"]
 
 
 async def test_idle_flush_and_drain(make_pipeline):
