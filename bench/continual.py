@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import sys
 import time
@@ -321,7 +322,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--feature-cache", default=None, help="head mode: safetensors file reused across invocations")
     p.add_argument("--out", required=True)
+    p.add_argument("--tracking-uri", default=None,
+                   help="log every run to MLflow (default: TRACKING_URI / MLFLOW_TRACKING_URI; "
+                        "unset: no tracking)")
+    p.add_argument("--experiment", default="bench-continual", help="MLflow experiment")
     return p.parse_args(argv)
+
+
+def track(args, report: dict, out: Path) -> None:
+    """Each run as an MLflow run: its settings, accuracy after each task as steps, the plots."""
+    from tracking.config import TrackingConfig
+    from tracking.mlflow_tracker import Tracker
+
+    uri = args.tracking_uri or TrackingConfig(uri=os.environ.get("TRACKING_URI", "")).resolve_uri()
+    if not uri:
+        return
+    tracker = Tracker(uri, experiment=args.experiment, queue_size=100_000)
+    shared = {k: report[k] for k in ("scenario", "mode", "memory", "batch_size", "steps_per_batch",
+                                     "seed", "backbone")}
+    for key, r in report["results"].items():
+        run = tracker.start_run(f"continual {key}", params={
+            **shared, "strategy": r["strategy"], "bias_correction": r["bias_correction"],
+            "adv_epsilon": r["adv_epsilon"], "lr": args.lr, "head_lr": args.head_lr,
+            "replay_ratio": args.replay_ratio, "tasks": len(report["tasks"])})
+        for step, acc in enumerate(r["avg_acc_after_task"], 1):
+            run.log_metrics({"avg_acc_after_task": acc}, step=step)
+        run.log_metrics({k: r[k] for k in ("final_avg_acc", "avg_forgetting", "bwt",
+                                           "wall_seconds", "samples_per_second")
+                         if isinstance(r.get(k), (int, float))}, step=len(r["avg_acc_after_task"]))
+        for name in ("results.json", "results.md", "accuracy.png", "average_accuracy.png"):
+            if (out / name).is_file():
+                run.log_artifact(out / name)
+        run.end()
+    if not tracker.close(timeout=60):
+        print("streamlearner bench continual: some tracking calls did not finish", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,5 +419,6 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     write_report(report, Path(args.out))
+    track(args, report, Path(args.out))
     print(Path(args.out, "results.md").read_text())
     return 0
