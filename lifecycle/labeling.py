@@ -101,12 +101,14 @@ class LabelJoin:
                 label = decode_label(raw.value, tasks=self.tasks, received_at=now,
                                      source=(raw.topic, raw.partition, raw.offset))
             except RejectedLabel as bad:
+                self.metrics.events.labels(topic=raw.topic, outcome="invalid").inc()
                 self._dead.append(LabelDeadLetter(raw.value or b"", raw.topic, raw.partition,
                                                   raw.offset, bad.reason.value, bad.message))
                 self.metrics.label_outcomes.labels(task=self._task_label(None),
                                                    outcome="invalid").inc()
                 continue
             valid += 1
+            self.metrics.events.labels(topic=raw.topic, outcome="accepted").inc()
             self._note([self.store.add_label(label)])
         self.changed = True
         return valid

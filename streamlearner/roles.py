@@ -341,7 +341,8 @@ def build_metrics(settings: Settings):
 
     k = settings.kafka
     drift = settings.drift
-    return Metrics(topics=list(k.source_topics()) + [k.samples_topic], tasks=tasks_of(settings),
+    return Metrics(topics=list(k.source_topics()) + [k.samples_topic, k.labels_topic],
+                   tasks=tasks_of(settings),
                    reasons=[r.value for r in Reason],
                    prequential_window=settings.metrics.prequential_window,
                    drift_detectors=[("concept", drift.concept_detector), ("data", "mmd"),

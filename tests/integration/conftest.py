@@ -98,6 +98,7 @@ def worker_env(broker, tmp_path):
         "KAFKA_MODEL_EVENTS_TOPIC": f"model-events-{uid}",
         "KAFKA_SAMPLES_TOPIC": f"samples-{uid}",
         "KAFKA_MODEL_VERSIONS_TOPIC": f"model-versions-{uid}",
+        "KAFKA_LABELS_TOPIC": f"labels-{uid}",
         "MODELS_STORE": str(tmp_path / "models"),
         "KAFKA_SESSION_TIMEOUT_S": "6",
         "STREAM_MAX_WAIT_S": "0.5",
