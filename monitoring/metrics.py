@@ -249,7 +249,7 @@ class Metrics:
             "Samples dropped by the trainer because the model already holds their id "
             "(a replica's redelivery).", ["task"], registry=r)
         self.label_outcomes = Counter(
-            "streamlearner_labels_total",
+            "streamlearner_labels_outcomes_total",
             "Records of the labels topic by final outcome: joined (trained once), duplicate, "
             "correction, expired_event, unmatched_label, ambiguous, not_allowed, invalid "
             f"(undecodable). task={NO_TASK!r}: not known.", ["task", "outcome"], registry=r)

@@ -162,7 +162,7 @@ def test_three_tasks_late_labels_and_a_restart(broker, worker_env, tmp_path):
     assert all(d["topic"] == labels_topic and d["offset"] >= 0 for d in dead)
 
     def total(outcome):
-        return sum(metric_sum(s, "streamlearner_labels_total", outcome=outcome)
+        return sum(metric_sum(s, "streamlearner_labels_outcomes_total", outcome=outcome)
                    for s in (before, after))
     assert total("joined") == len(matchable)
     assert total("duplicate") == duplicated

@@ -4,7 +4,7 @@ from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import Metrics, SlidingAccuracy
 
-NAME = re.compile(r"^streamlearner_(stream|learner|serve|train)_[a-z_]+$")
+NAME = re.compile(r"^streamlearner_(stream|learner|serve|train|labels|tracking)_[a-z_]+$")
 
 
 def make():

@@ -55,8 +55,8 @@ async def test_late_labels_join_train_once_and_score_the_served_prediction(make)
                                         ts=T0 + 40), acks("again"))
     assert trained(h) == {"a": 1, "b": 1, "c": 1}
     get = h.registry.get_sample_value
-    assert get("streamlearner_labels_total", {"task": "feedback", "outcome": "joined"}) == 3
-    assert get("streamlearner_labels_total", {"task": "feedback", "outcome": "duplicate"}) == 2
+    assert get("streamlearner_labels_outcomes_total", {"task": "feedback", "outcome": "joined"}) == 3
+    assert get("streamlearner_labels_outcomes_total", {"task": "feedback", "outcome": "duplicate"}) == 2
     # Served before any learning: version 0 predicted nothing right.
     assert get("streamlearner_learner_delayed_prequential_accuracy_ratio",
                {"task": "feedback"}) == 0.0
@@ -92,8 +92,8 @@ async def test_unmatched_and_bad_labels_are_dead_lettered_with_coordinates(make)
     assert json.loads(unmatched[0].payload)["id"] == "ghost"
     assert trained(h) == {"b": 1}
     get = h.registry.get_sample_value
-    assert get("streamlearner_labels_total", {"task": "none", "outcome": "invalid"}) == 2
-    assert get("streamlearner_labels_total",
+    assert get("streamlearner_labels_outcomes_total", {"task": "none", "outcome": "invalid"}) == 2
+    assert get("streamlearner_labels_outcomes_total",
                {"task": "none", "outcome": "unmatched_label"}) == 1
 
 
