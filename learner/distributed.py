@@ -392,10 +392,13 @@ def launch(command: Sequence[str], nproc: int, *, grace_s: float = 60.0,
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     port = _free_port()
+    # The ranks share this machine's cores, as torchrun would have them (unless told otherwise).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
     procs = []
     for rank in range(nproc):
         env = dict(os.environ, WORLD_SIZE=str(nproc), RANK=str(rank), LOCAL_RANK=str(rank),
-                   LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                   LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   OMP_NUM_THREADS=threads)
         procs.append(subprocess.Popen(list(command), env=env))
         log.info("rank %d: pid %d", rank, procs[-1].pid)
 
@@ -404,14 +407,15 @@ def launch(command: Sequence[str], nproc: int, *, grace_s: float = 60.0,
             procs[0].send_signal(signal.SIGTERM)
     old = {s: signal.signal(s, to_leader) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while all(p.poll() is None for p in procs):
+        # Followers end with 0 only when rank 0 told them to stop (it is stopping too).
+        while procs[0].poll() is None and all(p.poll() in (None, 0) for p in procs[1:]):
             time.sleep(0.2)
-        ended = next(r for r, p in enumerate(procs) if p.returncode is not None)
-        if ended != 0 or procs[0].returncode != 0:
-            log.error("rank %d ended with code %s: stopping the trainer", ended,
-                      procs[ended].returncode)
-        if procs[0].poll() is None:
-            procs[0].send_signal(signal.SIGTERM)
+        failed_rank = next((r for r, p in enumerate(procs) if p.returncode not in (None, 0)), None)
+        if failed_rank is not None:
+            log.error("rank %d ended with code %s: stopping the trainer", failed_rank,
+                      procs[failed_rank].returncode)
+            if procs[0].poll() is None:
+                procs[0].send_signal(signal.SIGTERM)   # drains: what it holds is whole
         deadline = time.monotonic() + grace_s
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -38,9 +38,23 @@ def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def cmd_role(args: argparse.Namespace) -> int:
-    from streamlearner.roles import run_role
+    from streamlearner.roles import EXIT_FAILED, run_role
 
     settings = _settings(args)
+    if args.command == "train":
+        # One trainer of several ranks (docs/distributed.md): under torchrun or our own launch,
+        # rank 0 runs the role and the others follow it.
+        from learner.distributed import follow, launch, ranks_from_env
+
+        nproc = args.nproc_per_node
+        if nproc < 1:
+            raise SettingsError(f"--nproc-per-node must be >= 1, got {nproc}")
+        ranks = ranks_from_env()
+        if ranks is None and nproc > 1:
+            return launch([sys.executable, "-m", "streamlearner.cli", *args.argv], nproc,
+                          failed=EXIT_FAILED)
+        if ranks is not None and not ranks.leader:
+            return follow(settings.learner, settings.memory, ranks)
     return run_role(args.command, settings, loglevel=args.loglevel)
 
 
@@ -196,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
             ("train", "the trainer (group <KAFKA_APP_ID>-train): learns from the samples topic, "
                       "publishes model versions")):
         role = sub.add_parser(name, help=text, description=text)
+        if name == "train":
+            role.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                              help="one trainer made of N ranks on this machine (DDP: NCCL on "
+                                   "CUDA, one GPU each; gloo on CPU); torchrun works too "
+                                   "(docs/distributed.md)")
         _add_setting_flags(role)
         role.set_defaults(func=cmd_role)
 
@@ -319,6 +338,7 @@ class RepeatFilter(logging.Filter):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # what a launched rank runs again
     logging.basicConfig(level=args.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python narrates every connection at INFO; keep its warnings and errors.
