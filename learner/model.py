@@ -7,6 +7,7 @@ over the attention mask, as sentence-transformers does for MiniLM. Each task own
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,7 +181,7 @@ class TextClassifier(nn.Module):
         encoder = encoder if encoder is not None else self.encoder
         if inputs_embeds is not None:
             batch = {k: v for k, v in batch.items() if k != "input_ids"} | {"inputs_embeds": inputs_embeds}
-        hidden = encoder(**batch).last_hidden_state               # (B, T, H)
+        hidden = encoder(**_accepted(encoder, batch)).last_hidden_state  # (B, T, H)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         summed = (hidden * mask).sum(dim=1)                        # (B, H)
         counts = mask.sum(dim=1).clamp(min=1e-9)                   # (B, 1)
@@ -284,6 +285,13 @@ def attention_projections(encoder: nn.Module) -> list[str]:
             return list(targets)
     raise ValueError(f"mode lora: no attention projections known in {type(encoder).__name__} "
                      f"(looked for {LORA_TARGETS}; its linear layers: {sorted(names)})")
+
+
+def _accepted(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tokenizer's outputs the encoder takes: MPNet and DistilBERT have no
+    ``token_type_ids``, which a BERT-style tokenizer still returns."""
+    names = inspect.signature(encoder.forward).parameters
+    return {k: v for k, v in batch.items() if k in names}
 
 
 def _layer_list(encoder: nn.Module) -> nn.ModuleList | None:
