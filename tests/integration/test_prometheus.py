@@ -122,7 +122,8 @@ def read_topic(bootstrap: str, topic: str) -> list[dict]:
 
 def dashboard_queries() -> list[tuple[str, str]]:
     dash = json.loads((MON / "grafana" / "dashboards" / "streamlearner.json").read_text())
-    return [(p["title"], t["expr"].replace("$__rate_interval", RATE_WINDOW))
+    return [(p["title"], t["expr"].replace("$__rate_interval", RATE_WINDOW)
+             .replace("$task", ".*"))   # the task variable's "All"
             for p in dash["panels"] for t in p["targets"]]
 
 
