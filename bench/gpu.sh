@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# One command on a CUDA machine: learner samples/s per mode (head / lora / full) with bf16
-# autocast and torch.compile, at sequence lengths 64 and 128, plus predict throughput, as a
-# short table. On a CPU it runs with reduced sizes. Arguments go to bench/perf/gpu.py
-# (--help). Needs a CUDA build of torch in the environment (make install TORCH_SPEC=torch).
+# One prepared run for a lent CUDA machine, under 8 minutes (docs/distributed.md, "The GPU run"):
+# learner samples/s, activation memory per sample and predict texts/s per mode (head / lora /
+# full) at 64 and 128 tokens for MiniLM and a BERT-base-sized encoder (bf16 autocast; gradient
+# checkpointing and torch.compile cells), 1 vs N GPUs through the DDP trainer when N > 1, and the
+# continual BANKING77 run in lora mode; results.json + results.md in bench/results/gpu/.
+#   bash bench/gpu.sh                    # CUDA: everything at its default sizes
+#   bash bench/gpu.sh --tiny --out-dir /tmp/gpu   # CPU, CI sizes: every section, a smoke test
+# Without CUDA and --tiny it runs the learner grid at reduced sizes. Arguments go to
+# bench/perf/gpu.py (--help). Needs a CUDA build of torch (make install TORCH_SPEC=torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
