@@ -79,7 +79,8 @@ def run_scenario(name: str, tasks, cut: int, base_env: dict, args, features) -> 
     work.mkdir(parents=True, exist_ok=True)
     options = TuneOptions(trials=args.trials, study_name=f"bench-{name}", out=str(out),
                           storage=f"sqlite:///{(work / 'study.db').resolve()}", seed=args.seed,
-                          max_forgetting=args.max_forgetting, space=SearchSpace())
+                          max_forgetting=args.max_forgetting,
+                          space=SearchSpace(fixed=tuple(tuple(f.split("=", 1)) for f in args.fixed)))
 
     def on_segment_end(segment: str, learner):
         i = names.index(segment)
@@ -119,7 +120,8 @@ def write_markdown(results: dict, out: Path) -> None:
     lines = ["# Tuned vs default settings (`python -m bench.tune`)", "",
              f"{results['trials']} trials per stream (Optuna TPE, median pruning, probe forgetting "
              f"<= {results['max_forgetting']}), head mode, bundled MiniLM, seed {results['seed']}, "
-             f"{results['machine']}; total {results['total_seconds']:.0f} s.", "",
+             + (f"kept out of the search: {', '.join(results['fixed'])}, " if results.get("fixed") else "")
+             + f"{results['machine']}; total {results['total_seconds']:.0f} s.", "",
              "The study sees only the tuning segment (its delayed-prequential accuracy); test sets "
              "are scored only after, on the whole stream.", ""]
     for name, r in results["scenarios"].items():
@@ -151,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default="banking77,domain")
     p.add_argument("--domain-feedback", type=int, default=3000, help="feedback events (domain)")
     p.add_argument("--domain-fraction", type=float, default=0.6)
-    p.add_argument("--max-forgetting", type=float, default=0.2)
+    p.add_argument("--max-forgetting", type=float, default=None,
+                   help="default: GUARD_MARGIN (0.10), what the stability guard tolerates")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fixed", action="append", default=[], metavar="SETTING=VALUE",
+                   help="keep a setting out of the search (e.g. MEMORY_CAPACITY=5000)")
     p.add_argument("--model", default=None, help="encoder (default: the bundled MiniLM)")
     args = p.parse_args(argv)
 
@@ -165,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     base_env = {"LEARNER_DEVICE": "cpu", "STREAM_DEDUP_TEXT_WINDOW": "0"}
     if args.model:
         base_env["LEARNER_MODEL"] = args.model
+    if args.max_forgetting is None:
+        args.max_forgetting = Settings.from_env(base_env).guard.margin
     built = {}
     for name in args.scenarios.split(","):
         if name == "banking77":
@@ -185,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"trials": args.trials, "seed": args.seed, "max_forgetting": args.max_forgetting,
+               "fixed": args.fixed,
                "machine": f"{os.cpu_count()} CPU cores (shared), nice 10",
                "encode_seconds": round(encode_seconds, 1), "scenarios": {}}
     for name, (tasks, cut) in built.items():

@@ -45,8 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default="head", help="modes to search, e.g. head,lora")
     p.add_argument("--strategies", default="er,derpp,er+ewc,er+lwf", help="strategies to search")
     p.add_argument("--batch-sizes", default="8,16,32,64", help="micro-batch sizes to search")
-    p.add_argument("--max-forgetting", type=float, default=0.2,
-                   help="feasible trials forget at most this much on the probe sets")
+    p.add_argument("--fixed", action="append", default=[], metavar="SETTING=VALUE",
+                   help="keep a searched setting at this value (repeatable), e.g. MEMORY_CAPACITY=5000")
+    p.add_argument("--max-forgetting", type=float, default=None,
+                   help="feasible trials forget at most this much on the probe sets "
+                        "(default: GUARD_MARGIN, what the stability guard tolerates)")
     p.add_argument("--no-prune", action="store_true", help="run every trial to the end")
     p.add_argument("--reports", type=int, default=10, help="intermediate reports per trial")
     p.add_argument("--no-defaults-trial", action="store_true",
@@ -67,6 +70,13 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"--{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _fixed(spec: str) -> tuple[str, str]:
+    key, sep, value = spec.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--fixed must be SETTING=VALUE, got {spec!r}")
+    return key.strip(), value.strip()
 
 
 def load_stream(args, base):
@@ -125,9 +135,12 @@ def run(args: argparse.Namespace) -> int:
         base = Settings.from_env(base_env, env_file=args.env_file)
         space = SearchSpace(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
                             strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
-                            batch_sizes=_ints(args.batch_sizes, "batch-sizes"))
+                            batch_sizes=_ints(args.batch_sizes, "batch-sizes"),
+                            fixed=tuple(_fixed(f) for f in args.fixed))
         options = TuneOptions(trials=args.trials, study_name=args.study, storage=args.storage,
-                              out=args.out, seed=args.seed, max_forgetting=args.max_forgetting,
+                              out=args.out, seed=args.seed,
+                              max_forgetting=(base.guard.margin if args.max_forgetting is None
+                                              else args.max_forgetting),
                               prune=not args.no_prune, reports=args.reports,
                               enqueue_defaults=not args.no_defaults_trial,
                               timeout_s=args.timeout, space=space)

@@ -25,6 +25,9 @@ weight decay, DER's loss weights uniform in [0, 1]), widened where this learner 
 ``LEARNER_LORA_LAYERS``        0 (all), 2, 4 (lora)
 =============================  ==========================================================
 
+``fixed`` keeps settings out of the search at a given value (``--fixed MEMORY_CAPACITY=5000``:
+memory is a storage budget, the way Renate's spaces fix ``memory_size``).
+
 >>> import optuna
 >>> trial = optuna.trial.FixedTrial({"STREAM_BATCH_SIZE": 16, "LEARNER_HEAD_LR": 0.02,
 ...     "LEARNER_WEIGHT_DECAY": 0.01, "LEARNER_STEPS_PER_BATCH": 1, "MEMORY_CAPACITY": 1000,
@@ -49,6 +52,7 @@ class SearchSpace:
     modes: tuple[str, ...] = ("head",)
     strategies: tuple[str, ...] = STRATEGIES
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    fixed: tuple[tuple[str, str], ...] = ()   # (setting, value) kept out of the search
 
     def __post_init__(self) -> None:
         from learner.config import MODES, parse_strategy
@@ -64,32 +68,36 @@ class SearchSpace:
 
     def suggest(self, trial) -> dict[str, str]:
         """One configuration as env settings (strings, as an env file holds them)."""
-        p: dict[str, Any] = {
-            "STREAM_BATCH_SIZE": trial.suggest_categorical("STREAM_BATCH_SIZE", list(self.batch_sizes)),
-            "LEARNER_HEAD_LR": trial.suggest_float("LEARNER_HEAD_LR", 1e-3, 1e-1, log=True),
-            "LEARNER_WEIGHT_DECAY": trial.suggest_float("LEARNER_WEIGHT_DECAY", 1e-6, 1e-1, log=True),
-            "LEARNER_STEPS_PER_BATCH": trial.suggest_int("LEARNER_STEPS_PER_BATCH", 1, 2),
-            "MEMORY_CAPACITY": trial.suggest_int("MEMORY_CAPACITY", 256, 16384, log=True),
-            "MEMORY_REPLAY_RATIO": trial.suggest_float("MEMORY_REPLAY_RATIO", 0.25, 4.0, step=0.25),
-        }
-        strategy = trial.suggest_categorical("LEARNER_STRATEGY", list(self.strategies))
-        p["LEARNER_STRATEGY"] = strategy
-        p["LEARNER_BIAS_CORRECTION"] = trial.suggest_categorical("LEARNER_BIAS_CORRECTION", ["ace", "none"])
-        parts = strategy.split("+")
+        fixed = dict(self.fixed)
+        p: dict[str, Any] = {}
+
+        def pick(name: str, how: str, *args, **kwargs) -> Any:
+            p[name] = fixed[name] if name in fixed else getattr(trial, how)(name, *args, **kwargs)
+            return p[name]
+
+        pick("STREAM_BATCH_SIZE", "suggest_categorical", list(self.batch_sizes))
+        pick("LEARNER_HEAD_LR", "suggest_float", 1e-3, 1e-1, log=True)
+        pick("LEARNER_WEIGHT_DECAY", "suggest_float", 1e-6, 1e-1, log=True)
+        pick("LEARNER_STEPS_PER_BATCH", "suggest_int", 1, 2)
+        pick("MEMORY_CAPACITY", "suggest_int", 256, 16384, log=True)
+        pick("MEMORY_REPLAY_RATIO", "suggest_float", 0.25, 4.0, step=0.25)
+        parts = str(pick("LEARNER_STRATEGY", "suggest_categorical", list(self.strategies))).split("+")
+        pick("LEARNER_BIAS_CORRECTION", "suggest_categorical", ["ace", "none"])
         if "derpp" in parts:
-            p["LEARNER_DERPP_ALPHA"] = trial.suggest_float("LEARNER_DERPP_ALPHA", 0.0, 1.0)
+            pick("LEARNER_DERPP_ALPHA", "suggest_float", 0.0, 1.0)
         if "ewc" in parts:
-            p["LEARNER_EWC_LAMBDA"] = trial.suggest_float("LEARNER_EWC_LAMBDA", 1e-4, 1.0, log=True)
+            pick("LEARNER_EWC_LAMBDA", "suggest_float", 1e-4, 1.0, log=True)
         if "lwf" in parts:
-            p["LEARNER_LWF_ALPHA"] = trial.suggest_float("LEARNER_LWF_ALPHA", 0.1, 10.0, log=True)
-        mode = (trial.suggest_categorical("LEARNER_MODE", list(self.modes))
-                if len(self.modes) > 1 else self.modes[0])
-        p["LEARNER_MODE"] = mode
+            pick("LEARNER_LWF_ALPHA", "suggest_float", 0.1, 10.0, log=True)
+        if len(self.modes) > 1:
+            mode = pick("LEARNER_MODE", "suggest_categorical", list(self.modes))
+        else:
+            mode = p["LEARNER_MODE"] = fixed.get("LEARNER_MODE", self.modes[0])
         if mode != "head":
-            p["LEARNER_LR"] = trial.suggest_float("LEARNER_LR", 1e-5, 5e-3, log=True)
+            pick("LEARNER_LR", "suggest_float", 1e-5, 5e-3, log=True)
         if mode == "lora":
-            p["LEARNER_LORA_RANK"] = trial.suggest_categorical("LEARNER_LORA_RANK", [4, 8, 16])
-            p["LEARNER_LORA_LAYERS"] = trial.suggest_categorical("LEARNER_LORA_LAYERS", [0, 2, 4])
+            pick("LEARNER_LORA_RANK", "suggest_categorical", [4, 8, 16])
+            pick("LEARNER_LORA_LAYERS", "suggest_categorical", [0, 2, 4])
         return {k: _text(v) for k, v in p.items()}
 
     def defaults(self, settings) -> dict[str, Any]:
@@ -98,6 +106,8 @@ class SearchSpace:
         return {k: v for k, v in default_params(settings).items() if self._contains(k, v)}
 
     def _contains(self, key: str, value: Any) -> bool:
+        if key in dict(self.fixed):
+            return False
         if key == "STREAM_BATCH_SIZE":
             return value in self.batch_sizes
         if key == "LEARNER_STRATEGY":

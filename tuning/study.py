@@ -8,7 +8,8 @@ is the best feasible trial. A second objective would leave a Pareto front to pic
 hand, and Optuna cannot prune multi-objective trials; a bound says what users want: learn as
 well as possible without forgetting more than this. Trials report their running accuracy
 ``reports`` times and the median pruner stops the ones below the median of earlier trials at
-the same point (after a 30 % warm-up). A new study's first trial is the settings as they are
+the same point (after a 30 % warm-up). The default bound is the stability guard's margin
+(``GUARD_MARGIN``, 0.10): a winner that forgot more would have the worker roll it back. A new study's first trial is the settings as they are
 (the defaults, or the base env file), so the winner is never worse than them on the tuning
 segment. Lee et al. (arXiv 2404.06466) and Cha & Cho (arXiv 2403.09066) show that tuning on
 the whole stream overstates continual learners: the winner and the defaults are therefore
@@ -55,7 +56,7 @@ class TuneOptions:
     storage: str | None = None        # default: sqlite:///<out>/study.db
     out: str = "tune"
     seed: int = 0
-    max_forgetting: float = 0.2
+    max_forgetting: float = 0.1      # the stability guard's default margin (GUARD_MARGIN)
     prune: bool = True
     reports: int = 10
     enqueue_defaults: bool = True
@@ -209,6 +210,7 @@ def confirm(base_env: Mapping[str, str], params: Mapping[str, str] | None, event
     settings = _settings(base_env, env_file, params or {})
     result = replay(settings, events, features=features, on_segment_end=on_segment_end)
     return result, {"tune_accuracy": result.accuracy_between(0, cut),
+                    "within_forgetting_bound": None,
                     "holdout_accuracy": result.accuracy_between(cut),
                     "accuracy": result.accuracy, "forgetting": result.mean_forgetting,
                     "max_forgetting": result.max_forgetting, "evaluations": result.evaluations,
@@ -296,6 +298,8 @@ def finish(study, options: TuneOptions, base_env: Mapping[str, str], events, cut
                                features=features, on_segment_end=on_segment_end)
             _, default = confirm(base_env, None, events, cut, env_file=env_file,
                                  features=features, on_segment_end=on_segment_end)
+            for side in (tuned, default):   # does the bound still hold on the whole stream?
+                side["within_forgetting_bound"] = side["forgetting"] <= options.max_forgetting
             summary["confirmation"] = {"tuned": tuned, "defaults": default}
         conf = summary.get("confirmation")
         header = [f"streamlearner tune: study {options.study_name!r}, trial {summary['best_trial']} "

@@ -104,3 +104,16 @@ def test_a_resumed_study_continues_its_trials(stream_csv, tiny_env, tmp_path):
                                                        space=space, prune=False))
     assert len(again.trials) == 4
     assert len(open_study(TuneOptions(out=str(tmp_path / "s"))).trials) == 4
+
+
+def test_fixed_settings_stay_out_of_the_search():
+    import optuna
+
+    space = SearchSpace(strategies=("er",), fixed=(("MEMORY_CAPACITY", "5000"),))
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    params = space.suggest(trial)
+    assert params["MEMORY_CAPACITY"] == "5000" and "MEMORY_CAPACITY" not in trial.params
+    assert "MEMORY_CAPACITY" not in space.defaults(Settings.from_env({}))
+    with pytest.raises(ValueError):
+        cli._fixed("MEMORY_CAPACITY")
