@@ -180,10 +180,13 @@ def report(result: dict, out: Path) -> None:
                      f"{r['delayed_prequential_acc']:.4f} | {r['trained']} | {r['lost']} |")
     target = next((r for r in late if r["mean_delay_events"] == 1000), None)
     if target is not None:
-        gap = abs(target["final_avg_acc"] - inline["final_avg_acc"])
+        gap = target["final_avg_acc"] - inline["final_avg_acc"]
+        verdict = ("met" if abs(gap) <= 0.01 else
+                   "not met literally: the delayed run is *better* than inline by more than "
+                   "0.01; no accuracy is lost to the delay" if gap > 0 else "missed")
         lines += ["", f"Target: final accuracy with a 1,000-event mean delay within 0.01 of "
-                      f"inline labels: **{gap:.4f}** ({'met' if gap <= 0.01 else 'missed'}); "
-                      f"nothing lost: **{sum(r['lost'] for r in late) == 0}**."]
+                      f"inline labels: **{gap:+.4f}** ({verdict}); nothing lost: "
+                      f"**{sum(r['lost'] for r in late) == 0}**."]
     worst = min(late, key=lambda r: r["delayed_prequential_acc"])
     lines += ["", "Every label arrives and trains exactly once, only later (lost = 0). The "
                   "delay is paid in delayed-prequential accuracy (down to "
@@ -214,6 +217,7 @@ def report(result: dict, out: Path) -> None:
     ax.axhline(inline["delayed_prequential_acc"], color="gray", ls=":",
                label="prequential accuracy, inline")
     ax.set_xscale("symlog", linthresh=100)
+    ax.set_xlim(0, max(xs) * 1.3 if xs and max(xs) > 0 else 1)
     ax.set_xlabel("mean label delay (events)")
     ax.set_ylabel("accuracy")
     ax.set_title(result["stream"])

@@ -112,8 +112,11 @@ def test_three_tasks_late_labels_and_a_restart(broker, worker_env, tmp_path):
     labels_topic = env["KAFKA_LABELS_TOPIC"]
     half = len(labels) // 2
 
+    procs = []
+
     def run(label_slice, event_filter, name):
         proc = WorkerProc(env, tmp_path / f"{name}.log").start(timeout=240)
+        procs.append(proc)
         for topic, evs in events.items():
             publish(broker.bootstrap, topics[topic],
                     [v for ts, v in evs if event_filter(ts)], progress=False)
@@ -126,6 +129,16 @@ def test_three_tasks_late_labels_and_a_restart(broker, worker_env, tmp_path):
         return metric_sum(s, "streamlearner_stream_events_total", topic=labels_topic) >= n_labels
 
     split_ts = labels[half][0]
+    try:
+        _run_both(broker, env, run, consumed, labels, half, split_ts, events, closing,
+                  closing_label, topics, labels_topic, n_events, matchable, unmatched, duplicated)
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def _run_both(broker, env, run, consumed, labels, half, split_ts, events, closing, closing_label,
+              topics, labels_topic, n_events, matchable, unmatched, duplicated):
     first = run(labels[:half], lambda ts: ts <= split_ts, "first")
     wait_until(lambda: consumed(first, half), 180, 0.5, "first worker did not take the labels")
     before = scrape(first.metrics_url)
