@@ -78,11 +78,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise SettingsError(f"--rate must be > 0, got {args.rate}")
     if args.limit is not None and args.limit < 0:
         raise SettingsError(f"--limit must be >= 0, got {args.limit}")
+    k = settings.kafka
+    topic = args.topic
+    spec = k.task_spec(topic)
+    if spec is not None and topic not in k.all_topics():
+        topic = spec.topics[0]   # a task name: its first source topic
+        print(f"task {spec.name}: publishing to its topic {topic}")
     payloads = iter_payloads(args.file, text_column=args.text_column,
                              label_column=args.label_column)
-    n = publish(_bootstrap(args, settings), args.topic, payloads, rate=args.rate,
+    n = publish(_bootstrap(args, settings), topic, payloads, rate=args.rate,
                 limit=args.limit, client_kwargs=settings.kafka.client_kwargs())
-    print(f"published {n} events to {args.topic}")
+    print(f"published {n} events to {topic}")
     return 0
 
 
@@ -226,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_topics_create)
 
     pub = sub.add_parser("publish", help="publish a .csv or .jsonl file to a topic")
-    pub.add_argument("topic")
+    pub.add_argument("topic", help="a topic, or a configured task's name (its first topic)")
     pub.add_argument("file")
     pub.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     pub.add_argument("--limit", type=int, default=None, help="publish at most N events")

@@ -112,3 +112,24 @@ def test_inline_labels_outside_the_fixed_set_are_rejected():
     assert [r.offset for r, _ in out.accepted] == [0, 2]
     assert [(r.offset, reason) for r, reason, _ in out.rejected] == \
         [(1, Reason.label_not_allowed)]
+
+
+def test_publish_takes_a_task_name_for_its_first_topic(tmp_path, monkeypatch, capsys):
+    import tools.publish
+    from streamlearner.cli import main
+
+    sent = {}
+
+    def fake_publish(bootstrap, topic, payloads, **kw):
+        sent["topic"] = topic
+        return len(list(payloads))
+
+    monkeypatch.setattr(tools.publish, "publish", fake_publish)
+    data = tmp_path / "events.jsonl"
+    data.write_text('{"id": "1", "text": "hi"}\n')
+    monkeypatch.setenv("KAFKA_TASKS", "support=tickets,chat;reviews=reviews")
+    assert main(["publish", "support", str(data), "--bootstrap", "127.0.0.1:1"]) == 0
+    assert sent["topic"] == "tickets"
+    assert main(["publish", "chat", str(data), "--bootstrap", "127.0.0.1:1"]) == 0
+    assert sent["topic"] == "chat"                      # a topic stays a topic
+    assert "published 1 events to chat" in capsys.readouterr().out
