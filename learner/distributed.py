@@ -133,6 +133,22 @@ def init(config: LearnerConfig, ranks: Ranks) -> tuple[LearnerConfig, _Group]:
     return config, _Group(ranks, backend, control)
 
 
+def _no_sync_kwargs() -> dict:
+    """DDP arguments that skip its start-up broadcast and its per-forward buffer broadcast, by
+    the names this torch knows (torch>=2.4 is all the package asks)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    kwargs = {"init_sync": False} if "init_sync" in names else {}
+    kwargs["forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"] = False
+    return kwargs
+
+
+_NO_SYNC = _no_sync_kwargs()
+
+
 class _Loss(nn.Module):
     """What DDP wraps: the learner's trainable modules, and a forward that is the learner's
     one-step loss on the batch set in ``pending`` (so every term, strategies' included, is
@@ -306,9 +322,12 @@ class DistributedLearner(Learner):
         if len({s[0] for s in sums}) != 1 or max(s[1] for s in sums) - min(s[1] for s in sums) > 1e-9 * (1 + abs(check)):
             raise RuntimeError(f"ranks hold different parameters: {sums}")
         trainable = self.model.heads if self.config.frozen else self.model
+        # find_unused_parameters: a rank's share may hold no row of some task, so that head
+        # gets no gradient there (a head no rank used keeps grad None, as in one process).
+        # init_sync off: the states are equal (checked above); buffers are constants.
         self._ddp = DistributedDataParallel(
-            _Loss(self, trainable), find_unused_parameters=True, init_sync=False,
-            forward_sync_buffers=False)
+            _Loss(self, trainable), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=True, **_NO_SYNC)
         self._ddp_params = list(params)
 
     def _drop_ddp(self) -> None:

@@ -188,3 +188,61 @@ def test_shards_sum_to_the_whole_batch_loss(tiny_learner):
             shard.extra["lo"] = lo
             parts.append(loss(shard))
         assert torch.allclose(torch.stack(parts).mean(), whole, atol=1e-6)
+
+
+def _lost(rank: int, world: int, port: int, model_dir: str, scenario: str, out: str) -> None:
+    """Rank 0 and rank 1 of a pair where one goes away (``scenario``) while the other waits."""
+    import json
+    import time
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    config, memory = configs(model_dir, "head")
+    config = config.__class__(**{**config.__dict__, "dist_timeout_s": 2.0})
+    config, group = init(config, Ranks(rank, world, rank))
+    learner = DistributedLearner(config, memory, group=group)
+    started = time.monotonic()
+    result = {}
+    if scenario == "follower dies":
+        if rank == 1:
+            os._exit(1)   # as SIGKILL would: no goodbye
+        while learner.failure is None and time.monotonic() - started < 30:
+            time.sleep(0.05)
+        result["heartbeat_failed_after_s"] = time.monotonic() - started
+        try:
+            learner.learn_many("t", ["a", "b"], ["x", "y"])
+        except RuntimeError as exc:
+            result["learn_raised"] = type(exc).__name__
+    else:   # rank 0 stays alive but silent: no command, no heartbeat
+        if rank == 0:
+            learner._stop.set()
+            while not os.path.exists(f"{out}/rank1.json") and time.monotonic() - started < 20:
+                time.sleep(0.05)
+            return
+        try:
+            learner.follow()
+        except RuntimeError as exc:
+            result["follow_raised_after_s"] = time.monotonic() - started
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump(result, f)
+
+
+@pytest.mark.parametrize("scenario", ["follower dies", "rank 0 goes silent"])
+def test_a_lost_rank_stops_the_trainer_instead_of_hanging_it(tmp_path, no_dropout_dir, scenario):
+    import json
+
+    from learner.distributed import _free_port
+
+    ctx = mp.start_processes(_lost, args=(2, _free_port(), no_dropout_dir, scenario, str(tmp_path)),
+                             nprocs=2, join=False, start_method="fork")
+    for p in ctx.processes:
+        p.join(timeout=60)
+        assert not p.is_alive(), "a rank hung"
+    survivor = 0 if scenario == "follower dies" else 1
+    result = json.loads((tmp_path / f"rank{survivor}.json").read_text())
+    print(scenario, result)
+    if survivor == 0:   # the heartbeat noticed (roles.py turns that into a fail-stop) ...
+        assert result["heartbeat_failed_after_s"] < 30
+        assert result["learn_raised"] == "RuntimeError"   # ... and an update fails, not hangs
+    else:               # the follower's wait for a command timed out (dist_timeout_s = 2)
+        assert 1.5 < result["follow_raised_after_s"] < 30
