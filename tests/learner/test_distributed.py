@@ -246,3 +246,12 @@ def test_a_lost_rank_stops_the_trainer_instead_of_hanging_it(tmp_path, no_dropou
         assert result["learn_raised"] == "RuntimeError"   # ... and an update fails, not hangs
     else:               # the follower's wait for a command timed out (dist_timeout_s = 2)
         assert 1.5 < result["follow_raised_after_s"] < 30
+
+
+@pytest.mark.parametrize("name", ["learner.distributed", "learner.strategies.base"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
