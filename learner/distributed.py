@@ -187,6 +187,8 @@ class DistributedLearner(Learner):
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         super().__init__(config, memory)
+        if self.device.type == "cuda":   # the current device is per thread: this one's
+            torch.cuda.set_device(self.device)
         # Identical initial state on every rank (LoRA's init used the same seed); dropout masks
         # must differ between ranks, or the shards would share them.
         torch.manual_seed(self.config.seed + 7919 * self.rank)

@@ -150,11 +150,26 @@ def cell(name: str, path: str, mode: str, seq: int, args, *, variant: str = "") 
             "activation_bytes_per_sample": ((peak - base) / max(per_update)) if cuda and per_update else None}
 
 
-def learner_section(args, models: dict[str, str], cuda: bool) -> list[dict]:
+class Budget:
+    """The run's time budget: what would start after it is skipped (and says so), so that a
+    lent machine's slot always ends with results written."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.started = seconds, time.perf_counter()
+
+    def spent(self) -> bool:
+        return time.perf_counter() - self.started > self.seconds
+
+
+def learner_section(args, models: dict[str, str], cuda: bool, budget: Budget) -> list[dict]:
     rows = []
     for name, path in models.items():
         for seq in (int(s) for s in args.seq_lens.split(",")):
             for mode in args.modes.split(","):
+                if budget.spent():
+                    rows.append({"model": name, "mode": mode, "seq_len": seq, "variant": "-",
+                                 "error": "skipped: time budget spent"})
+                    continue
                 rows.append(cell(name, path, mode, seq, args))
                 print(_row(rows[-1]), flush=True)
     variants = [v for v in args.variants.split(",") if v]
@@ -162,13 +177,16 @@ def learner_section(args, models: dict[str, str], cuda: bool) -> list[dict]:
         name = "bert-base" if "bert-base" in models else next(iter(models))
         seq = max(int(s) for s in args.seq_lens.split(","))
         for variant, mode in (("checkpointing", "full"), ("compile", "lora")):
-            if variant in variants:
+            if variant in variants and budget.spent():
+                rows.append({"model": name, "mode": mode, "seq_len": seq, "variant": variant,
+                             "error": "skipped: time budget spent"})
+            elif variant in variants:
                 try:
                     rows.append(cell(name, models[name], mode, seq, args, variant=variant))
                     print(_row(rows[-1]), flush=True)
                 except Exception as exc:   # an optimisation failing is a result, not a crash
                     rows.append({"model": name, "mode": mode, "seq_len": seq, "variant": variant,
-                                 "error": f"{type(exc).__name__}: {exc}"[:300]})
+                                 "error": f"failed: {type(exc).__name__}: {exc}"[:300]})
                     print(f"{variant} cell failed: {rows[-1]['error']}", flush=True)
     return rows
 
@@ -305,7 +323,7 @@ def markdown(results: dict) -> str:
     for r in results.get("learner", []):
         if "error" in r:
             lines.append(f"| {r['model']} | {r['mode']} | {r['seq_len']} | {r['variant']} | "
-                         f"failed: {r['error']} | | | |")
+                         f"{r['error']} | | | |")
             continue
         mem, peak = r["activation_bytes_per_sample"], r["cuda_peak_allocated_bytes"]
         lines.append(f"| {r['model']} | {r['mode']} | {r['seq_len']} | {r['variant']} | "
@@ -360,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="one encoder directory instead of MiniLM + BERT-base")
     p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="start nothing new after this many seconds (the rest is recorded as skipped)")
     p.add_argument("--out", default=None, help="also write the results JSON to this file")
     p.add_argument("--out-dir", default=None,
                    help="results.json + results.md here (default: bench/results/gpu on CUDA)")
@@ -384,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS if big else None)
 
     started = time.perf_counter()
+    budget = Budget(args.budget_s)
     results: dict = {"machine": machine(), "cuda": cuda, "tiny": args.tiny,
                      "args": {k: v for k, v in vars(args).items()}}
     print(f"device {results['machine']['device']}, torch {results['machine']['torch']}, "
@@ -394,12 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         if "learner" in sections:
             print(f"{'model':<10}{'mode':<6}{'seq':>5}{'variant':>15}{'learn samples/s':>17}"
                   f"{'predict texts/s':>17}{'act. MiB/sample':>16}", flush=True)
-            results["learner"] = learner_section(args, models, cuda)
+            results["learner"] = learner_section(args, models, cuda, budget)
             results["gpu"] = [r for r in results["learner"] if "error" not in r]   # the old key
         if "ddp" in sections:
-            results["ddp"] = ddp_section(args, models, cuda)
+            results["ddp"] = ({"skipped": "time budget spent"} if budget.spent()
+                              else ddp_section(args, models, cuda))
         if "continual" in sections:
-            results["continual"] = continual_section(args, models, cuda, scratch)
+            results["continual"] = ({"error": "skipped: time budget spent"} if budget.spent()
+                                    else continual_section(args, models, cuda, scratch))
             print(f"continual lora: {json.dumps(results['continual'])}", flush=True)
     results["wall_seconds"] = time.perf_counter() - started
     print(f"{results['wall_seconds']:.0f} s")
