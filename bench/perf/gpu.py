@@ -346,7 +346,7 @@ def markdown(results: dict) -> str:
     if c is not None:
         lines += ["", "## Continual BANKING77, lora mode", ""]
         if "error" in c:
-            lines.append(f"Failed: {c['error']}.")
+            lines.append(f"Not measured: {c['error']}.")
         else:
             lines += [f"{c['tasks']} class-incremental tasks, strategy {c['strategy']}, {c['backbone']}: "
                       f"final average accuracy **{c['final_avg_acc']:.3f}**, forgetting "
