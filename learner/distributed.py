@@ -403,13 +403,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _terminal_group() -> bool:
+    """This process group is the terminal's foreground one (a Ctrl-C reaches all of it)."""
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
 def launch(command: Sequence[str], nproc: int, *, grace_s: float = 60.0,
            failed: int = 1) -> int:
     """Run ``command`` as ranks 0..nproc-1 of one trainer on this machine (the env torchrun
-    would set) and wait. SIGTERM / SIGINT go to rank 0, which drains and stops the others.
-    When any rank ends, rank 0 is asked to stop (SIGTERM), and whatever still runs after
-    ``grace_s`` is killed. Returns 0 when every rank ended with 0, else rank 0's code if it
-    failed, else ``failed``."""
+    would set) and wait. SIGTERM (and a SIGINT not from the terminal, which sends Ctrl-C to
+    every rank itself) goes to rank 0, which drains and stops the others.
+    When a rank fails, rank 0 is asked to stop (SIGTERM); once rank 0 has ended, whatever still
+    runs after ``grace_s`` is killed. Returns 0 when every rank ended with 0, else rank 0's code
+    if it failed, else ``failed``."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     port = _free_port()
@@ -424,6 +433,8 @@ def launch(command: Sequence[str], nproc: int, *, grace_s: float = 60.0,
         log.info("rank %d: pid %d", rank, procs[-1].pid)
 
     def to_leader(signum, _frame):
+        if signum == signal.SIGINT and _terminal_group():
+            return   # Ctrl-C: the terminal sent it to every rank already (a second one is "now")
         if procs[0].poll() is None:
             procs[0].send_signal(signal.SIGTERM)
     old = {s: signal.signal(s, to_leader) for s in (signal.SIGTERM, signal.SIGINT)}
