@@ -1,10 +1,11 @@
 """A trainer of 2 gloo ranks computes what one process computes (learner/distributed.py).
 
-Two ranks spawned on this machine and one plain :class:`Learner`, same seed, same 20
+Two ranks forked on this machine and one plain :class:`Learner`, same seed, same 20
 micro-batches (two tasks, labels appearing along the way, batches of 1 sample and batches
 that do not split evenly over the ranks): parameters and replay memory agree within 1e-5, in
 head, lora and full modes, and both ranks hold the same learner. The tiny BERT has no dropout
 (with dropout, each rank draws its own masks: the same in distribution, not in value).
+Then: a lost rank stops the trainer instead of hanging it, and the launcher's exit codes.
 """
 
 from __future__ import annotations
