@@ -128,7 +128,7 @@ def write_markdown(results: dict, out: Path) -> None:
         t, d = r["tuned"], r["defaults"]
         lines += [f"## {name}: tune on the first {r['tune_events']} of {r['events']} events", "",
                   "| | final test acc (avg over tasks) | per task | held-out delayed-prequential | "
-                  "tune-segment objective | probe forgetting |", "|---|---|---|---|---|---|"]
+                  "tune-segment objective | probe forgetting (whole stream) |", "|---|---|---|---|---|---|"]
         for side, v, obj in (("defaults", d, r["tune_objective"]["defaults"]),
                              ("**tuned**", t, r["tune_objective"]["tuned"])):
             per = ", ".join(f"{k} {a:.3f}" for k, a in v["final_acc_per_task"].items()) \
