@@ -242,7 +242,7 @@ def write_plots(study, out: Path) -> dict[str, str]:
             warnings.simplefilter("ignore")
             try:
                 ax = plot(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            except (ValueError, RuntimeError, ZeroDivisionError, ImportError) as exc:
                 log.warning("no %s: %s", name, exc)
                 continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
