@@ -16,11 +16,19 @@ WORKDIR /app
 # torch first, from its own index: an unpinned torch from PyPI would pull a multi-GB CUDA build.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 COPY pyproject.toml README.md ./
+# Every package of pyproject's [tool.setuptools.packages.find] (tests/monitoring/test_stack.py).
+COPY streamlearner ./streamlearner
 COPY streams ./streams
 COPY learner ./learner
+COPY lifecycle ./lifecycle
+COPY serving ./serving
 COPY monitoring ./monitoring
+COPY tools ./tools
+COPY tuning ./tuning
+COPY tracking ./tracking
 COPY bench ./bench
-RUN pip install .
+# mlflow for the tracking profile (TRACKING_URI); off unless configured.
+RUN pip install ".[tracking]"
 # The sample data, for the compose `demo` profile (`streamlearner publish ... data/demo/...`).
 COPY data ./data
 

@@ -42,7 +42,8 @@ SIZES = {
         "serving": ["--singles", "300", "--batch-texts", "512", "--under-training", "60"],
     },
     "tiny": {
-        "ingest": ["--events", "300", "--rounds", "1", "--timeout", "300"],
+        "ingest": ["--events", "300", "--rounds", "1", "--timeout", "300",
+                   "--kinds", "bare_aiokafka,bare_faust,ingest"],
         "learner": ["--batches", "2", "--warmup", "1", "--batch-size", "4"],
         "freshness": ["--backlog", "16", "--warm-events", "4", "--seconds", "2", "--max-rate", "20",
                       "--timeout", "480"],

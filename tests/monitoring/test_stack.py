@@ -185,3 +185,15 @@ def test_grafana_provisioning_paths_match_the_mounts(compose):
     assert home == f"{path}/{DASHBOARD.name}"
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert "${GRAFANA_ADMIN_PASSWORD" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_the_image_copies_every_package():
+    """The Dockerfile installs what pyproject packages: a room left out breaks every role."""
+    import tomllib
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {p.rstrip("*") for p in find["include"]}
+    docker = (ROOT / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+) \./\1\s*$", docker, re.M))
+    assert packages <= copied, packages - copied
+    assert '".[tracking]"' in docker
