@@ -32,7 +32,7 @@ def call(port: int, path: str, body=None, raw: bytes | None = None):
 
 def test_api_explanations_and_student_hot_swap(broker, worker_env, start_worker):
     worker = start_worker(SERVE_MODEL="student", SERVE_RELOAD_INTERVAL_S="1",
-                          SERVE_EXPLAIN_FRACTION="0.1", SERVE_EXPLAIN_METHOD="gxi",
+                          SERVE_EXPLAIN_FRACTION="0.25", SERVE_EXPLAIN_METHOD="gxi",
                           CHECKPOINT_EVERY_UPDATES="1", METRICS_PROBE_SIZE="0")
     port = worker.port
     events = banking_events(16)
@@ -41,6 +41,14 @@ def test_api_explanations_and_student_hot_swap(broker, worker_env, start_worker)
             [json.dumps(e).encode() for e in events], producer=producer, progress=False)
     wait_until(lambda: counters(worker.metrics_url)["new_samples"] >= len(events), timeout=240,
                message="stream not learned")
+    # A second wave, served by a model that has labels: only those predictions are explained
+    # (the first batches are predicted before anything was learned).
+    second = banking_events(8, offset=16, prefix="w2")
+    publish(broker.bootstrap, worker_env["KAFKA_FEEDBACK_TOPIC"],
+            [json.dumps(e).encode() for e in second], producer=producer, progress=False)
+    events = events + second
+    wait_until(lambda: counters(worker.metrics_url)["new_samples"] >= len(events), timeout=240,
+               message="second wave not learned")
     wait_until(lambda: call(port, "/readyz")[0] == 200, timeout=60, message="not ready")
 
     status, spec = call(port, "/openapi.json")
