@@ -140,7 +140,16 @@ def test_three_tasks_late_labels_and_a_restart(broker, worker_env, tmp_path):
 def _run_both(broker, env, run, consumed, labels, half, split_ts, events, closing, closing_label,
               topics, labels_topic, n_events, matchable, unmatched, duplicated):
     first = run(labels[:half], lambda ts: ts <= split_ts, "first")
-    wait_until(lambda: consumed(first, half), 180, 0.5, "first worker did not take the labels")
+    n_first = sum(1 for evs in events.values() for ts, _ in evs if ts <= split_ts)
+
+    def settled(proc):
+        # Every record of phase 1 taken and every batch acknowledged (after its checkpoint):
+        # nothing is still joining when the counters are read.
+        s = scrape(proc.metrics_url)
+        return (metric_sum(s, "streamlearner_stream_predictions_total") >= n_first
+                and metric_sum(s, "streamlearner_stream_events_total", topic=labels_topic) >= half
+                and metric_sum(s, "streamlearner_stream_pending_ack_events") == 0)
+    wait_until(lambda: settled(first), 180, 0.5, "first worker did not take phase 1")
     before = scrape(first.metrics_url)
     assert first.stop() == 0                              # drained: the pending store kept
     second = run(labels[half:], lambda ts: ts > split_ts, "second")
