@@ -54,6 +54,8 @@ from pathlib import Path
 
 import orjson
 
+from learner.checkpoints import _fsync_dir, _write_bytes
+
 from .join import PendingStore
 
 __all__ = ["LabelLog", "LabelLogError"]
@@ -70,27 +72,13 @@ class LabelLogError(RuntimeError):
 
 
 def _write(path: Path, data: bytes) -> str:
+    """Write ``data`` durably under ``path`` (temporary name, fsync, rename, fsync the
+    folder: the checkpoints' own helpers); its SHA-256."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_bytes(tmp, data)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class LabelLog:
