@@ -84,6 +84,31 @@ class _Flow:
                         waiting=waiting)
         return Report(refused=True, failed=True)
 
+    async def _durably(self, trainer, n_events: int, ack, body, *,
+                       cleanup: Callable[[], None] | None = None) -> Report:
+        """Run ``body()`` (-> Report) under the batch lock while the trainer's durability
+        knows a batch is open; a failure fails the latch and nothing is acked; otherwise the
+        ack waits for the checkpoint that holds the batch. ``cleanup`` runs when the batch is
+        refused or fails (e.g. close deliveries never started)."""
+        durability = trainer.durability
+        async with self._lock():
+            if self.refused():
+                if cleanup is not None:
+                    cleanup()
+                return Report(refused=True)
+            durability.in_batch = True
+            try:
+                report = await body()
+            except Exception as exc:
+                if cleanup is not None:
+                    cleanup()
+                return self.failed(exc, durability.acks.pending_events + n_events)
+            finally:
+                durability.in_batch = False
+            await durability.settle(ack, n_events)
+            report.model_version = trainer.learner.model_version
+            return report
+
 
 class WorkerFlow(_Flow):
     """All-in-one: serve the batch, deliver its outcomes, learn from it, settle its ack.
@@ -137,27 +162,17 @@ class WorkerFlow(_Flow):
                      ack) -> Report:
         from streams.outputs import deliver_all
 
-        durability = self.trainer.durability
-        async with self._lock():
-            if self.refused():
-                _close_unstarted(deliveries)
-                return Report(refused=True)
-            durability.in_batch = True
-            try:
-                self.stage = "publish"
-                await deliver_all(deliveries)   # every outcome out before the model learns
-                self.stage = "learn"
-                trained = await self.trainer.learn(task, served.samples, features=served.features,
-                                                   check_ids=True)
-            except Exception as exc:
-                _close_unstarted(deliveries)
-                return self.failed(exc, durability.acks.pending_events + len(batch))
-            finally:
-                durability.in_batch = False
-            await durability.settle(ack, len(batch))
+        async def body() -> Report:
+            self.stage = "publish"
+            await deliver_all(deliveries)   # every outcome out before the model learns
+            self.stage = "learn"
+            trained = await self.trainer.learn(task, served.samples, features=served.features,
+                                               check_ids=True)
             return Report(accepted=len(served.samples), invalid=served.invalid,
-                          duplicate=served.duplicate, trained=trained,
-                          model_version=self.trainer.learner.model_version)
+                          duplicate=served.duplicate, trained=trained)
+
+        return await self._durably(self.trainer, len(batch), ack, body,
+                                   cleanup=lambda: _close_unstarted(deliveries))
 
     async def settled(self) -> None:
         """Wait until the last batch handed in has finished learning."""
@@ -232,48 +247,40 @@ class TrainFlow(_Flow):
 
         if self.refused():
             return Report(refused=True)
-        durability = self.trainer.durability
-        async with self._lock():
-            if self.refused():
-                return Report(refused=True)
-            durability.in_batch = True
-            deliveries: list = []
+        deliveries: list = []
+
+        async def body() -> Report:
             report = Report()
-            try:
-                self.stage = "decode"
-                by_task: dict[str, list] = {}
-                for raw in batch:
-                    try:
-                        sample = decode_sample(raw.value, tasks=self.tasks,
-                                               max_text_chars=self.limits.max_text_chars,
-                                               max_label_chars=self.limits.max_label_chars)
-                    except RejectedEvent as bad:
-                        self.metrics.dead_letters.labels(topic=raw.topic,
-                                                         reason=bad.reason.value).inc()
-                        record = dead_letter(raw.value, topic=raw.topic, partition=raw.partition,
-                                             offset=raw.offset, reason=bad.reason,
-                                             message=bad.message, ts=time.time(),
-                                             max_bytes=self.limits.dead_letter_max_bytes)
-                        self.stage = "publish"
-                        deliveries.append(await self.dead_letters(raw.key, record))
-                        self.stage = "decode"
-                        report.invalid += 1
-                        continue
-                    by_task.setdefault(sample.task, []).append(sample)
-                self.stage = "publish"
-                await deliver_all(deliveries)
-                self.stage = "learn"
-                for task, samples in by_task.items():
-                    report.accepted += len(samples)
-                    report.trained += await self.trainer.learn(task, samples, check_ids=True)
-            except Exception as exc:
-                _close_unstarted(deliveries)
-                return self.failed(exc, durability.acks.pending_events + len(batch))
-            finally:
-                durability.in_batch = False
-            await durability.settle(ack, len(batch))
-            report.model_version = self.trainer.learner.model_version
+            self.stage = "decode"
+            by_task: dict[str, list] = {}
+            for raw in batch:
+                try:
+                    sample = decode_sample(raw.value, tasks=self.tasks,
+                                           max_text_chars=self.limits.max_text_chars,
+                                           max_label_chars=self.limits.max_label_chars)
+                except RejectedEvent as bad:
+                    self.metrics.dead_letters.labels(topic=raw.topic,
+                                                     reason=bad.reason.value).inc()
+                    record = dead_letter(raw.value, topic=raw.topic, partition=raw.partition,
+                                         offset=raw.offset, reason=bad.reason,
+                                         message=bad.message, ts=time.time(),
+                                         max_bytes=self.limits.dead_letter_max_bytes)
+                    self.stage = "publish"
+                    deliveries.append(await self.dead_letters(raw.key, record))
+                    self.stage = "decode"
+                    report.invalid += 1
+                    continue
+                by_task.setdefault(sample.task, []).append(sample)
+            self.stage = "publish"
+            await deliver_all(deliveries)
+            self.stage = "learn"
+            for task, samples in by_task.items():
+                report.accepted += len(samples)
+                report.trained += await self.trainer.learn(task, samples, check_ids=True)
             return report
+
+        return await self._durably(self.trainer, len(batch), ack, body,
+                                   cleanup=lambda: _close_unstarted(deliveries))
 
     async def drain(self) -> None:
         self.draining = True
@@ -291,21 +298,12 @@ class LabelFlow(_Flow):
     async def handle(self, _task: str, batch: Sequence, ack=None) -> Report:
         if self.refused():
             return Report(refused=True)
-        durability = self.trainer.durability
-        async with self._lock():
-            if self.refused():
-                return Report(refused=True)
-            durability.in_batch = True
-            try:
-                self.stage = "learn"
-                trained = await self.trainer.learn_labels(batch)
-            except Exception as exc:
-                return self.failed(exc, durability.acks.pending_events + len(batch))
-            finally:
-                durability.in_batch = False
-            await durability.settle(ack, len(batch))
-            return Report(accepted=len(batch), trained=trained,
-                          model_version=self.trainer.learner.model_version)
+
+        async def body() -> Report:
+            self.stage = "learn"
+            return Report(accepted=len(batch), trained=await self.trainer.learn_labels(batch))
+
+        return await self._durably(self.trainer, len(batch), ack, body)
 
 
 def _label_agent(app, settings: Settings, trainer) -> None:
