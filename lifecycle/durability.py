@@ -122,9 +122,13 @@ class Durability:
         elif len(self.acks):
             await self.acks.release()
 
+    def quiet(self) -> bool:
+        """No batch for ``idle_s``."""
+        return time.monotonic() - self.last_batch >= self.config.idle_s
+
     def idle(self) -> bool:
-        return (len(self.acks) > 0
-                and time.monotonic() - self.last_batch >= self.config.idle_s)
+        """Quiet, with acknowledgements waiting for a checkpoint."""
+        return len(self.acks) > 0 and self.quiet()
 
     def checkpoint_now(self) -> None:
         """Synchronous checkpoint (shutdown fallback once the event loop is gone): only when no

@@ -313,6 +313,7 @@ class VersionPublisher:
         self._last_local = float("-inf")
         self._updates = 0         # since the last topic publication
         self._local_updates = 0   # since the last local refresh
+        self.local_version: int | None = None   # of the local serving copy
         self._task = None         # the publication in flight
         self._queued = None       # an announcement waiting for it
 
@@ -355,6 +356,7 @@ class VersionPublisher:
     async def refresh_local(self, learner: "Learner") -> None:
         artifact = await self.thread.run(artifact_from_learner, learner)
         await self.local(artifact, time.time())
+        self.local_version = artifact.version
         self._last_local = time.monotonic()
         self._local_updates = 0
 
@@ -370,10 +372,21 @@ class VersionPublisher:
             else:
                 self._start(learner, kind, probe_accuracy)
 
+    def _topic_behind(self, learner: "Learner") -> bool:
+        return (self.send is not None and not self.busy and self._queued is None
+                and self.published_version != learner.model_version)
+
+    def behind(self, learner: "Learner") -> bool:
+        """The local copy or the topic has not seen the live version (and nothing is on its
+        way): the last updates fell between two cadence ticks."""
+        return ((self.local is not None and self.local_version != learner.model_version)
+                or self._topic_behind(learner))
+
     async def flush(self, learner: "Learner") -> None:
-        """Publish the live version if the topic has not seen it (idle, drain)."""
-        if self.send is not None and not self.busy and \
-                self.published_version != learner.model_version:
+        """Bring the local copy and the topic to the live version (idle, drain)."""
+        if self.local is not None and self.local_version != learner.model_version:
+            await self.refresh_local(learner)
+        if self._topic_behind(learner):
             self._start(learner, "update")
 
     async def wait(self) -> None:

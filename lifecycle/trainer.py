@@ -369,14 +369,20 @@ class Trainer:
 
     # -- idle and shutdown ------------------------------------------------------------------
     async def flush_if_idle(self) -> None:
-        """Timer: checkpoint and ack when events wait and the stream went quiet; make sure
-        the topic has the live version."""
-        if self.latch.failed or not self.durability.idle():
+        """Timer: when the stream went quiet, checkpoint and ack the events that wait, and
+        make sure the topic has the live version. The two are independent: the last update
+        may have been checkpointed in the batch path (nothing waits) while its publication
+        was skipped because the previous one was still in flight."""
+        if self.latch.failed or not self.durability.quiet():
+            return
+        publish = self.publisher is not None and self.publisher.behind(self.learner)
+        if not (self.durability.idle() or publish):
             return
         async with self.lock():
-            if self.latch.failed or not self.durability.idle():
+            if self.latch.failed or not self.durability.quiet():
                 return
-            await self.durability.flush()
+            if self.durability.idle():
+                await self.durability.flush()
             if self.publisher is not None:
                 await self.publisher.flush(self.learner)
 

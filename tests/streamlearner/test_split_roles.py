@@ -79,3 +79,42 @@ async def test_the_trainers_version_is_what_the_replica_serves_next(tiny_model_d
                                 Acks()("s2"))
     assert report.model_version == 1
     assert broker.records("predictions")[-1][1].label in {"lost", "rate"}
+
+
+async def test_the_idle_timer_publishes_a_version_skipped_while_one_was_in_flight(
+        tiny_model_dir, tmp_path):
+    """The last update is checkpointed in the batch path (nothing waits for the idle
+    checkpoint) while the previous publication is still in flight, so ``after_update`` skips
+    it: the idle timer must still publish it, or replicas never reach the newest version."""
+    import asyncio
+
+    serve, train, broker, reg = make_split(tmp_path, tiny_model_dir, CHECKPOINT_EVERY_UPDATES=1,
+                                           CHECKPOINT_IDLE_S=0.05, MODELS_PUBLISH_EVERY_S=1e-6)
+    trainer = train.trainer
+    await serve.handle("feedback", labeled(["a", "b"], label="lost"), Acks()("s1"))
+    await serve.handle("feedback", labeled(["c", "d"], 2, label="rate"), Acks()("s2"))
+    samples = sample_events(broker)
+    gate = asyncio.Event()
+    send = trainer.publisher.send
+
+    async def slow_send(key, value):
+        await gate.wait()
+        await send(key, value)
+
+    trainer.publisher.send = slow_send
+    await train.handle("samples", samples[:2], Acks()("t1"))    # version 1: publication waits
+    assert trainer.publisher.busy
+    await train.handle("samples", samples[2:], Acks()("t2"))    # version 2: skipped (busy)
+    assert trainer.learner.model_version == 2
+    assert len(trainer.durability.acks) == 0                     # checkpointed in the batch path
+    gate.set()
+    await trainer.publisher.wait()
+    assert trainer.publisher.published_version == 1
+    await asyncio.sleep(0.06)
+    await trainer.flush_if_idle()
+    await trainer.publisher.wait()
+    assert trainer.publisher.published_version == 2
+    from lifecycle.publishing import VersionRecord
+
+    *_, (_, last) = broker.records("model-versions")
+    assert VersionRecord.from_json(last).version == 2

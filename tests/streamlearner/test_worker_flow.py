@@ -87,3 +87,19 @@ async def test_unexpected_error_is_dead_lettered_not_lost(make, monkeypatch):
     assert report.invalid == 1
     [(_, dl)] = pipe.dead_letters()
     assert dl.reason == "internal_error" and dl.offset == 7
+
+
+async def test_the_idle_timer_brings_the_serving_copy_to_the_last_update(make):
+    """lora mode refreshes the serving copy at the publishing cadence: updates between two
+    ticks reach it when the stream goes quiet, not only at the next batch."""
+    import asyncio
+
+    pipe = make(LEARNER_MODE="lora", MODELS_PUBLISH_EVERY_S=3600, MODELS_PUBLISH_EVERY_UPDATES=0,
+                CHECKPOINT_IDLE_S=0.05)
+    await pipe.handle("feedback", [raw(0, {"id": "a", "text": "my card is lost", "label": "lost"})])
+    first = pipe.serving.models.model_version
+    await pipe.handle("feedback", [raw(1, {"id": "b", "text": "what is the rate", "label": "rate"})])
+    assert pipe.learner.model_version == 2 and pipe.serving.models.model_version == first < 2
+    await asyncio.sleep(0.06)
+    await pipe.flush_if_idle()
+    assert pipe.serving.models.model_version == 2
