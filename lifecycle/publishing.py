@@ -372,6 +372,9 @@ class VersionPublisher:
             else:
                 self._start(learner, kind, probe_accuracy)
 
+    def _local_behind(self, learner: "Learner") -> bool:
+        return self.local is not None and self.local_version != learner.model_version
+
     def _topic_behind(self, learner: "Learner") -> bool:
         return (self.send is not None and not self.busy and self._queued is None
                 and self.published_version != learner.model_version)
@@ -379,12 +382,11 @@ class VersionPublisher:
     def behind(self, learner: "Learner") -> bool:
         """The local copy or the topic has not seen the live version (and nothing is on its
         way): the last updates fell between two cadence ticks."""
-        return ((self.local is not None and self.local_version != learner.model_version)
-                or self._topic_behind(learner))
+        return self._local_behind(learner) or self._topic_behind(learner)
 
     async def flush(self, learner: "Learner") -> None:
         """Bring the local copy and the topic to the live version (idle, drain)."""
-        if self.local is not None and self.local_version != learner.model_version:
+        if self._local_behind(learner):
             await self.refresh_local(learner)
         if self._topic_behind(learner):
             self._start(learner, "update")
