@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export OMP_WAIT_POLICY := PASSIVE
+export OPENBLAS_NUM_THREADS := 1
 
 .PHONY: install test test-unit test-integration demo clean bench
 

@@ -296,43 +296,47 @@ def part_scale(bootstrap: str, work: Path, args) -> dict:
     return out
 
 
-def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | None) -> dict:
-    """Texts/s of the encoder + head at ``batch`` (the product's snapshot path), in a child
-    process with ``threads`` torch threads."""
+def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | None,
+                  precision: str = "fp32") -> dict:
+    """Texts/s of the encoder + head at ``batch`` (the product's snapshot path: the same
+    precision and lanes as serving), in a child process with ``threads`` torch threads."""
     code = (
         "import json,sys,time,torch\n"
         f"torch.set_num_threads({threads})\n"
         "from learner.model import default_model_path\n"
         "from serving.snapshot import ModelSnapshot, base_classifier\n"
         "texts=json.load(sys.stdin)\n"
-        f"base=base_classifier({model!r} or default_model_path(),max_length=64,device=torch.device('cpu'))\n"
+        f"base=base_classifier({model!r} or default_model_path(),max_length=64,"
+        f"device=torch.device('cpu'),precision={precision!r})\n"
         "snap=ModelSnapshot.empty(base,mode='head')\n"
         f"B={batch}\n"
-        "snap.score('t',texts[:B])\n"
+        "for i in range(0,len(texts),B): snap.score('t',texts[i:i+B])\n"   # every shape seen
         "t=time.perf_counter()\n"
         "for i in range(0,len(texts),B): snap.score('t',texts[i:i+B])\n"
-        "print(json.dumps({'texts':len(texts),'seconds':time.perf_counter()-t}))\n")
+        "print(json.dumps({'texts':len(texts),'seconds':time.perf_counter()-t,"
+        "'dtype':str(next(base.encoder.parameters()).dtype)}))\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
     res = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), text=True,
                          capture_output=True, env=env, cwd=ROOT, check=True)
     r = json.loads(res.stdout.strip().splitlines()[-1])
-    return {"texts": r["texts"], "batch": batch, "threads": threads,
-            "texts_per_second": r["texts"] / r["seconds"]}
+    return {"texts": r["texts"], "batch": batch, "threads": threads, "precision": precision,
+            "dtype": r["dtype"], "texts_per_second": r["texts"] / r["seconds"]}
 
 
-def part_worker(bootstrap: str, work: Path, args) -> dict:
-    """The all-in-one worker's end-to-end events/s vs raw batch inference, same run."""
+def _worker_rate(bootstrap: str, work: Path, args, precision: str) -> dict:
+    """End-to-end events/s of one all-in-one worker over a fresh labeled backlog."""
     from tools.publish import publish
 
     texts, labels = banking77(seed=args.seed)
-    unique = list(dict.fromkeys(texts))
     uid = uuid.uuid4().hex[:6]
-    env = _env(bootstrap, work, uid, STREAM_BATCH_SIZE=32)
+    env = _env(bootstrap, work, uid, STREAM_BATCH_SIZE=32, SERVE_PRECISION=precision)
     _topics(bootstrap, env, 1)
-    events = _events(texts, labels, "e2e", args.worker_events)
+    # Whole batches only: a last partial batch waits STREAM_MAX_WAIT_S for events that never
+    # come, which is the latency policy, not throughput.
+    events = _events(texts, labels, f"e2e-{precision}", args.worker_events - args.worker_events % 32)
     publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"], events, progress=False)
-    worker = Role("worker", env, work, f"e2e-{uid}", threads=args.worker_threads)
+    worker = Role("worker", env, work, f"e2e-{precision}-{uid}", threads=args.worker_threads)
     rows: list[tuple[float, float]] = []
     try:
         worker.start()
@@ -340,22 +344,38 @@ def part_worker(bootstrap: str, work: Path, args) -> dict:
         while time.monotonic() < deadline:
             done = _count(worker, "streamlearner_stream_predictions_total")
             rows.append((time.monotonic(), done))
-            if done >= args.worker_events:
+            if done >= len(events):
                 break
-            time.sleep(0.25)
+            time.sleep(0.1)
     finally:
         worker.stop()
     warm = args.worker_warm
-    t0 = next(t for t, d in rows if d >= warm)
-    t1 = next(t for t, d in rows if d >= args.worker_events)
-    d0 = next(d for t, d in rows if d >= warm)
-    worker_rate = (args.worker_events - d0) / (t1 - t0)
-    raw = raw_inference(unique[:args.raw_texts], batch=32, threads=args.worker_threads,
-                        model=None)
-    return {"worker_events_per_second": worker_rate, "events": args.worker_events,
-            "measured_after_events": warm, "raw_batch_inference": raw,
-            "ratio": worker_rate / raw["texts_per_second"],
-            "settings": "defaults (head mode, er + ACE, drift detection on, batches of 32)"}
+    t0, d0 = next((t, d) for t, d in rows if d >= warm)
+    t1 = next(t for t, d in rows if d >= len(events))
+    return {"events": len(events), "measured_after_events": d0,
+            "events_per_second": (len(events) - d0) / (t1 - t0)}
+
+
+def part_worker(bootstrap: str, work: Path, args) -> dict:
+    """The all-in-one worker's end-to-end events/s vs raw batch inference of the same encoder
+    at the same precision, batch size and threads, interleaved in the same run: the default
+    precision (auto: bf16 on this CPU) first, then fp32."""
+    texts, _ = banking77(seed=args.seed)
+    unique = list(dict.fromkeys(texts))
+    out: dict = {"settings": "defaults (head mode, er + ACE, drift detection on, batches of 32)",
+                 "by_precision": {}}
+    for precision in args.worker_precisions:
+        rate = _worker_rate(bootstrap, work, args, precision)
+        raw = raw_inference(unique[:args.raw_texts], batch=32, threads=args.worker_threads,
+                            model=None, precision=precision)
+        out["by_precision"][precision] = {
+            "worker": rate, "raw_batch_inference": raw,
+            "ratio": rate["events_per_second"] / raw["texts_per_second"]}
+    head = out["by_precision"][args.worker_precisions[0]]
+    out.update(worker_events_per_second=head["worker"]["events_per_second"],
+               raw_batch_inference=head["raw_batch_inference"], ratio=head["ratio"],
+               precision=args.worker_precisions[0])
+    return out
 
 
 def part_shared_baseline(args) -> dict:
@@ -409,12 +429,13 @@ def report(result: dict, out: Path) -> None:
                      f"{s['1']['events_per_second']:.0f} events/s: **{s['ratio_2_vs_1']:.2f}x** "
                      f"| ≥ 1.7x |")
     w = result.get("worker", {})
-    if w:
-        lines.append(f"| all-in-one worker end to end ({w['settings']}) | "
-                     f"{w['worker_events_per_second']:.0f} events/s | raw batch inference "
-                     f"(batch 32, {w['raw_batch_inference']['threads']} threads) "
-                     f"{w['raw_batch_inference']['texts_per_second']:.0f} texts/s: "
-                     f"**{w['ratio']:.2f}x** | ≥ 0.8x |")
+    for precision, r in w.get("by_precision", {}).items():
+        raw = r["raw_batch_inference"]
+        lines.append(f"| all-in-one worker end to end ({w['settings']}; SERVE_PRECISION="
+                     f"{precision}: {raw['dtype'].removeprefix('torch.')}) | "
+                     f"{r['worker']['events_per_second']:.0f} events/s | raw batch inference "
+                     f"(same encoder and precision, batch 32, {raw['threads']} threads) "
+                     f"{raw['texts_per_second']:.0f} texts/s: **{r['ratio']:.2f}x** | ≥ 0.8x |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     if p:
@@ -429,11 +450,17 @@ def report(result: dict, out: Path) -> None:
                     [s["1"]["events_per_second"], s["2"]["events_per_second"]])
         axes[1].set_ylabel("events/s")
         axes[1].set_title(f"{s['ratio_2_vs_1']:.2f}x")
-    if w:
-        axes[2].bar(["worker e2e", "raw inference"],
-                    [w["worker_events_per_second"], w["raw_batch_inference"]["texts_per_second"]])
+    if w.get("by_precision"):
+        names, values, colors = [], [], []
+        for precision, r in w["by_precision"].items():
+            names += [f"worker\n{precision}", f"raw\n{precision}"]
+            values += [r["worker"]["events_per_second"],
+                       r["raw_batch_inference"]["texts_per_second"]]
+            colors += ["tab:blue", "tab:gray"]
+        axes[2].bar(names, values, color=colors)
         axes[2].set_ylabel("events (texts)/s")
-        axes[2].set_title(f"{w['ratio']:.2f}x")
+        axes[2].set_title("  ".join(f"{p}: {r['ratio']:.2f}x"
+                                    for p, r in w["by_precision"].items()))
     fig.tight_layout()
     fig.savefig(out / "scale.png", dpi=110)
 
@@ -475,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="events before the worker's clock starts (drift windows filling)")
     p.add_argument("--worker-threads", type=int, default=2)
     p.add_argument("--raw-texts", type=int, default=1024)
+    p.add_argument("--worker-precisions", nargs="+", default=["auto", "fp32"],
+                   choices=["auto", "fp32", "bf16"],
+                   help="SERVE_PRECISION of each worker run (the first is the headline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/scale")
     args = p.parse_args(argv)

@@ -11,10 +11,14 @@ import inspect
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from learner.lanes import Lanes
 
 __all__ = ["CPU_SUB_BATCH", "GrowingHead", "LORA_TARGETS", "TextClassifier", "attention_projections",
            "default_model_path", "resolve_device"]
@@ -181,32 +185,39 @@ class TextClassifier(nn.Module):
         encoder = encoder if encoder is not None else self.encoder
         if inputs_embeds is not None:
             batch = {k: v for k, v in batch.items() if k != "input_ids"} | {"inputs_embeds": inputs_embeds}
-        hidden = encoder(**_accepted(encoder, batch)).last_hidden_state  # (B, T, H)
+        # Pooled in fp32 whatever the encoder's dtype (a bf16 serving copy): a bf16 sum over
+        # the tokens would round every feature to 3 significant digits.
+        hidden = encoder(**_accepted(encoder, batch)).last_hidden_state.float()  # (B, T, H)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         summed = (hidden * mask).sum(dim=1)                        # (B, H)
         counts = mask.sum(dim=1).clamp(min=1e-9)                   # (B, 1)
         return summed / counts
 
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode(self, texts: Sequence[str], *, lanes: Lanes | None = None) -> torch.Tensor:
         """Texts -> pooled features (B, H).
 
         Inference on a CPU runs sorted sub-batches of :data:`CPU_SUB_BATCH` texts of similar
         length: a micro-batch padded to its longest text spends most of its FLOPs on padding
         (BANKING77: mean 15 tokens, longest of 32 texts ~40), and small batches stay in cache.
-        Measured 2x faster on 32 texts (bench/NOTES.md); features agree to ~1e-6. With grad, or
-        on an accelerator (where a wide batch is what is fast), one padded batch as before.
+        Measured 2x faster on 32 texts (bench/NOTES.md); features agree to ~1e-6. ``lanes``
+        (:mod:`learner.lanes`) runs the sub-batches side by side, one thread each. With grad,
+        or on an accelerator (where a wide batch is what is fast), one padded batch as before.
         """
         texts = list(texts)
         if len(texts) <= CPU_SUB_BATCH or torch.is_grad_enabled() or self.device.type != "cpu":
             return self.features(self.tokenize(texts))
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)  # unpadded lists
         order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
-        rows: list[torch.Tensor | None] = [None] * len(texts)
-        for start in range(0, len(order), CPU_SUB_BATCH):
-            chunk = order[start:start + CPU_SUB_BATCH]
+        chunks = [order[s:s + CPU_SUB_BATCH] for s in range(0, len(order), CPU_SUB_BATCH)]
+
+        def run(chunk: list[int]) -> torch.Tensor:
             batch = self.tokenizer.pad({k: [enc[k][i] for i in chunk] for k in enc.keys()},
                                        return_tensors="pt")                     # (b, T_chunk)
-            feats = self.features({k: v.to(self.device) for k, v in batch.items()})  # (b, H)
+            return self.features({k: v.to(self.device) for k, v in batch.items()})  # (b, H)
+
+        parts = lanes.map(run, chunks) if lanes is not None else [run(c) for c in chunks]
+        rows: list[torch.Tensor | None] = [None] * len(texts)
+        for chunk, feats in zip(chunks, parts):
             for i, row in zip(chunk, feats):
                 rows[i] = row
         return torch.stack(rows)                                                # (B, H)

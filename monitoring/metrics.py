@@ -220,7 +220,8 @@ class Metrics:
                                          "Model version this process serves.", registry=r)
         self.serve_staleness = Histogram(
             "streamlearner_serve_model_staleness_seconds",
-            "Time from the trainer publishing a version to this process serving it.",
+            "Time from the trainer publishing a version (or, for a version published before "
+            "this replica began following, from then) to this process serving it.",
             buckets=_STALENESS_BUCKETS, registry=r)
         self.serve_swaps = Counter("streamlearner_serve_swaps_total",
                                    "Model versions swapped in.", registry=r)

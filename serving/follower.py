@@ -4,7 +4,7 @@ Every replica reads the whole ``model-versions`` topic (no consumer group: each 
 every record): on start from its newest record, so a late replica catches up at once, then
 each new one. A record is checked (format, base encoder), its artifact fetched (inline, or
 from the model store) and verified against its SHA-256 off the event loop, the snapshot is
-built on the serving thread, and only then swapped in, between two batches. A record or an
+built off the serving thread, and only then swapped in, between two batches. A record or an
 artifact that fails any check is refused with a warning and counted
 (``streamlearner_serve_refused_artifacts_total{reason}``); the previous version keeps serving.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from lifecycle.publishing import ArtifactError, VersionRecord, fetch, read_artifact
@@ -40,6 +41,10 @@ class VersionFollower:
         # Set once the records that existed when following began were offered: a replica is
         # ready (``/readyz``) only then, so a late one never answers with a stale version.
         self.caught_up = asyncio.Event()
+        # When this replica began following: a version published before it (a late replica
+        # catching up) is stale from then on, not from its publication, which the replica
+        # could not have served (streamlearner_serve_model_staleness_seconds).
+        self.since: float | None = None
 
     def _refuse(self, reason: str, message: str) -> None:
         log.warning("refused model version: %s (%s); still serving version %d", message,
@@ -69,8 +74,11 @@ class VersionFollower:
             artifact = await asyncio.to_thread(read_artifact, data, sha256=record.sha256)
             if artifact.version != record.version or artifact.mode != record.mode:
                 raise ArtifactError("format", "artifact and record disagree on version or mode")
-            snapshot = await self.thread.run(ModelSnapshot.from_artifact, artifact, self.base,
-                                             published_ts=record.ts)
+            published = record.ts if self.since is None else max(record.ts, self.since)
+            # Off the serving thread, so a version never waits behind a batch or a request
+            # (nor they behind it); the base encoder is only read.
+            snapshot = await asyncio.to_thread(ModelSnapshot.from_artifact, artifact,
+                                               self.base, published_ts=published)
         except ArtifactError as err:
             self._refuse(err.reason, f"version {record.version}: {err}")
             return False
@@ -87,6 +95,7 @@ class VersionFollower:
         first, then every new one, until ``stop`` is set or the task is cancelled."""
         from aiokafka import TopicPartition
 
+        self.since = time.time()
         partitions = consumer.partitions_for_topic(topic) or {0}
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)

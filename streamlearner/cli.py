@@ -9,6 +9,11 @@ import os
 # shared or busy cores spinning threads steal the CPU from the event loop and from each
 # other (bench/NOTES.md: head-mode updates 4x faster at load 6; no difference when idle).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# And before numpy is imported: numpy's bundled OpenBLAS starts one thread per core at import
+# and keeps them spinning after every call (the drift tests' small products): in the worker
+# they took 0.37 of 2 cores from the encoder, 257 -> 360 events/s end to end once they were
+# gone (docs/performance.md). torch owns the cores here; numpy's products are tiny.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import logging  # noqa: E402

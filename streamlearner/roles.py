@@ -431,7 +431,8 @@ def build_serving(settings: Settings, *, metrics, thread, outputs, dedup):
 
     cfg = settings.learner
     base = thread.call(base_classifier, cfg.model or default_model_path(),
-                       max_length=cfg.max_length, device=resolve_device(cfg.device))
+                       max_length=cfg.max_length, device=resolve_device(cfg.device),
+                       precision=settings.serve.precision)
     mode = "head" if cfg.frozen else cfg.mode
     models = ServedModels(thread.call(ModelSnapshot.empty, base, mode=mode),
                           serve=settings.serve.model,
@@ -486,9 +487,12 @@ def assemble_worker(settings: Settings, *, metrics, latch, model_thread, serving
     parts: dict = {}
 
     async def local(artifact, published_ts):
+        # Built off the serving thread: queued behind the batch it is encoding, every update
+        # of the learning tail waited for the next batch's encoding (head mode refreshes after
+        # each update), and the one-batch-deep pipeline ran serially (docs/performance.md).
         serving, base = parts["serving"], parts["base"]
-        snapshot = await serving.thread.run(ModelSnapshot.from_artifact, artifact, base,
-                                            published_ts=published_ts)
+        snapshot = await asyncio.to_thread(ModelSnapshot.from_artifact, artifact, base,
+                                           published_ts=published_ts)
         serving.models.swap(snapshot)
 
     trainer = build_trainer(settings, metrics=metrics, latch=latch, thread=model_thread,

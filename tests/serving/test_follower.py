@@ -220,3 +220,18 @@ async def test_run_starts_from_the_newest_record_and_then_is_caught_up(setup, pu
     assert (reg.get_sample_value("streamlearner_serve_swaps_total") or 0) == (1 if published else 0)
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_staleness_of_a_version_older_than_the_replica_counts_from_its_start(setup):
+    """A late replica's catch-up is measured from when it began following, not from a
+    publication it could not have served (streamlearner_serve_model_staleness_seconds)."""
+    import time
+
+    learner, publisher, topic, follower, models, reg, store = setup
+    await _learn_and_publish(learner, publisher)
+    old = json.loads(topic.records[-1])
+    old["ts"] -= 300.0                               # published 5 minutes before the replica
+    follower.since = time.time()
+    assert await follower.offer(json.dumps(old).encode())
+    total = reg.get_sample_value("streamlearner_serve_model_staleness_seconds_sum")
+    assert 0.0 <= total < 60.0

@@ -1,0 +1,85 @@
+"""SERVE_PRECISION (a bf16 serving copy on CPUs with native bf16) and inference lanes
+(sub-batches side by side, one thread each): both change speed, never the answer's meaning."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from learner.lanes import Lanes, lanes_for
+from serving.config import ServeConfig
+from serving.snapshot import ModelSnapshot, base_classifier, native_bf16, serving_dtype
+
+TEXTS = [f"my card number {i} was {'stolen ' * (i % 7)}yesterday, what now?" for i in range(40)]
+
+
+def test_precision_setting_is_validated():
+    assert ServeConfig().precision == "auto"
+    with pytest.raises(ValueError, match="precision"):
+        ServeConfig(precision="int8")
+
+
+def test_serving_dtype_follows_the_setting_and_the_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert serving_dtype("fp32", cpu) == torch.float32
+    assert serving_dtype("bf16", cpu) == torch.bfloat16
+    assert serving_dtype("auto", cpu) == (torch.bfloat16 if native_bf16() else torch.float32)
+    for precision in ("auto", "fp32", "bf16"):   # accelerators keep fp32 weights + autocast
+        assert serving_dtype(precision, cuda) == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        serving_dtype("fp16", cpu)
+
+
+def test_a_bf16_serving_copy_agrees_with_fp32(tiny_model_dir):
+    cpu = torch.device("cpu")
+    fp32 = base_classifier(tiny_model_dir, max_length=32, device=cpu, precision="fp32")
+    bf16 = base_classifier(tiny_model_dir, max_length=32, device=cpu, precision="bf16")
+    assert {p.dtype for p in fp32.encoder.parameters()} == {torch.float32}
+    assert {p.dtype for p in bf16.encoder.parameters()} == {torch.bfloat16}
+    a = ModelSnapshot.empty(fp32, mode="head").score("t", TEXTS).features
+    b = ModelSnapshot.empty(bf16, mode="head").score("t", TEXTS).features
+    assert a.dtype == b.dtype == torch.float32    # pooled in fp32, whatever the encoder
+    assert a.shape == b.shape == (len(TEXTS), fp32.hidden_size)
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
+
+
+def test_lanes_return_results_in_order_each_under_inference_mode():
+    lanes = Lanes(2)
+    seen = []
+
+    def work(i):
+        seen.append((threading.current_thread().name, torch.is_inference_mode_enabled(),
+                     torch.get_num_threads()))
+        return i * i
+
+    try:
+        assert lanes.map(work, range(9)) == [i * i for i in range(9)]
+        assert all(mode and threads == 1 for _, mode, threads in seen)
+        assert {name for name, _, _ in seen} <= {"streamlearner-lane_0", "streamlearner-lane_1"}
+        assert lanes.map(work, [3]) == [9] and seen[-1][2] == 2   # one item: both threads
+        assert lanes.map(work, []) == []
+
+        def fail(i):
+            raise ValueError(f"bad {i}")
+
+        with pytest.raises(ValueError, match="bad"):
+            lanes.map(fail, range(3))
+    finally:
+        lanes.close()
+    with pytest.raises(ValueError):
+        Lanes(0)
+
+
+def test_lanes_for_one_thread_is_none_and_shared_otherwise():
+    assert lanes_for(1) is None
+    assert lanes_for(2) is lanes_for(2)
+
+
+def test_encoding_across_lanes_equals_encoding_on_one_thread(tiny_model_dir):
+    model = base_classifier(tiny_model_dir, max_length=32, device=torch.device("cpu"))
+    with torch.inference_mode():
+        alone = model.encode(TEXTS)
+        across = model.encode(TEXTS, lanes=lanes_for(2))
+    assert torch.allclose(alone, across, atol=1e-5)
