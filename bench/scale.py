@@ -297,7 +297,7 @@ def part_scale(bootstrap: str, work: Path, args) -> dict:
 
 
 def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | None,
-                  precision: str = "fp32") -> dict:
+                  precision: str = "fp32", trace: bool = True) -> dict:
     """Texts/s of the encoder + head at ``batch`` (the product's snapshot path: the same
     precision and lanes as serving), in a child process with ``threads`` torch threads."""
     code = (
@@ -307,7 +307,7 @@ def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | No
         "from serving.snapshot import ModelSnapshot, base_classifier\n"
         "texts=json.load(sys.stdin)\n"
         f"base=base_classifier({model!r} or default_model_path(),max_length=64,"
-        f"device=torch.device('cpu'),precision={precision!r})\n"
+        f"device=torch.device('cpu'),precision={precision!r},trace={trace!r})\n"
         "snap=ModelSnapshot.empty(base,mode='head')\n"
         f"B={batch}\n"
         "for i in range(0,len(texts),B): snap.score('t',texts[i:i+B])\n"   # every shape seen
@@ -321,6 +321,7 @@ def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | No
                          capture_output=True, env=env, cwd=ROOT, check=True)
     r = json.loads(res.stdout.strip().splitlines()[-1])
     return {"texts": r["texts"], "batch": batch, "threads": threads, "precision": precision,
+            "trace": trace,
             "dtype": r["dtype"], "texts_per_second": r["texts"] / r["seconds"]}
 
 
@@ -346,7 +347,7 @@ def _worker_rate(bootstrap: str, work: Path, args, precision: str) -> dict:
             rows.append((time.monotonic(), done))
             if done >= len(events):
                 break
-            time.sleep(0.1)
+            time.sleep(0.25)
     finally:
         worker.stop()
     warm = args.worker_warm
@@ -493,11 +494,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", default=["predict", "scale", "worker"],
                    choices=["predict", "scale", "worker"])
-    p.add_argument("--requests", type=int, default=200, help="/predict requests timed")
-    p.add_argument("--backlog", type=int, default=4000, help="samples the trainer trains meanwhile")
+    p.add_argument("--requests", type=int, default=300, help="/predict requests timed")
+    p.add_argument("--backlog", type=int, default=6000, help="samples the trainer trains meanwhile")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--scale-events", type=int, default=3000)
-    p.add_argument("--worker-events", type=int, default=3000)
+    p.add_argument("--scale-events", type=int, default=4000)
+    p.add_argument("--worker-events", type=int, default=4800)
     p.add_argument("--worker-warm", type=int, default=700,
                    help="events before the worker's clock starts (drift windows filling)")
     p.add_argument("--worker-threads", type=int, default=2)

@@ -193,19 +193,23 @@ class TextClassifier(nn.Module):
         counts = mask.sum(dim=1).clamp(min=1e-9)                   # (B, 1)
         return summed / counts
 
-    def encode(self, texts: Sequence[str], *, lanes: Lanes | None = None) -> torch.Tensor:
+    def encode(self, texts: Sequence[str], *, lanes: Lanes | None = None,
+               encoder: nn.Module | None = None) -> torch.Tensor:
         """Texts -> pooled features (B, H).
 
         Inference on a CPU runs sorted sub-batches of :data:`CPU_SUB_BATCH` texts of similar
         length: a micro-batch padded to its longest text spends most of its FLOPs on padding
         (BANKING77: mean 15 tokens, longest of 32 texts ~40), and small batches stay in cache.
         Measured 2x faster on 32 texts (bench/NOTES.md); features agree to ~1e-6. ``lanes``
-        (:mod:`learner.lanes`) runs the sub-batches side by side, one thread each. With grad,
-        or on an accelerator (where a wide batch is what is fast), one padded batch as before.
+        (:mod:`learner.lanes`) runs the sub-batches side by side, one thread each; ``encoder``
+        replaces this model's without grad (serving's traced copy). With grad, or on an
+        accelerator (where a wide batch is what is fast), one padded batch as before.
         """
         texts = list(texts)
+        if torch.is_grad_enabled():
+            encoder = None
         if len(texts) <= CPU_SUB_BATCH or torch.is_grad_enabled() or self.device.type != "cpu":
-            return self.features(self.tokenize(texts))
+            return self.features(self.tokenize(texts), encoder=encoder)
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)  # unpadded lists
         order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
         chunks = [order[s:s + CPU_SUB_BATCH] for s in range(0, len(order), CPU_SUB_BATCH)]
@@ -213,7 +217,8 @@ class TextClassifier(nn.Module):
         def run(chunk: list[int]) -> torch.Tensor:
             batch = self.tokenizer.pad({k: [enc[k][i] for i in chunk] for k in enc.keys()},
                                        return_tensors="pt")                     # (b, T_chunk)
-            return self.features({k: v.to(self.device) for k, v in batch.items()})  # (b, H)
+            return self.features({k: v.to(self.device) for k, v in batch.items()},
+                                 encoder=encoder)                                  # (b, H)
 
         parts = lanes.map(run, chunks) if lanes is not None else [run(c) for c in chunks]
         rows: list[torch.Tensor | None] = [None] * len(texts)

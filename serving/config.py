@@ -30,10 +30,14 @@ class ServeConfig:
     explain_method: str = field(default="ig", metadata=_help(
         "ig (Integrated Gradients) or gxi (gradient x input, faster)."))
     precision: str = field(default="auto", metadata=_help(
-        "Number format of the serving copy's encoder on a CPU: fp32, bf16 (about 1.7x the "
-        "throughput and 1.4x lower latency on CPUs with native bf16, e.g. AVX512-BF16/AMX; "
-        "features agree with fp32 to a cosine of 0.9999), or auto (bf16 where the CPU has "
+        "Number format of the serving copy's encoder on a CPU: fp32, bf16 (about 2x the batch "
+        "throughput and 1.5x lower single-text latency on CPUs with native bf16, e.g. "
+        "AVX512-BF16/AMX; features agree with fp32 to a cosine of 0.9999), or auto (bf16 where the CPU has "
         "native bf16, else fp32). Training always runs in fp32; GPUs use bf16 autocast."))
+    trace: bool = field(default=True, metadata=_help(
+        "Run the serving copy's encoder (head mode, CPU) as a TorchScript trace, checked "
+        "against the eager encoder at start (falls back to eager if it disagrees): no Python "
+        "between operations, about 1.4x the throughput and 1.4x lower latency measured."))
     admin_token: str | None = field(default=None, metadata=_help(
         "Bearer token of the state-changing endpoints (POST /admin/*); unset: they answer "
         "403. Set it from a secret store, never on the command line (never logged)."))

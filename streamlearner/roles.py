@@ -432,7 +432,7 @@ def build_serving(settings: Settings, *, metrics, thread, outputs, dedup):
     cfg = settings.learner
     base = thread.call(base_classifier, cfg.model or default_model_path(),
                        max_length=cfg.max_length, device=resolve_device(cfg.device),
-                       precision=settings.serve.precision)
+                       precision=settings.serve.precision, trace=settings.serve.trace)
     mode = "head" if cfg.frozen else cfg.mode
     models = ServedModels(thread.call(ModelSnapshot.empty, base, mode=mode),
                           serve=settings.serve.model,

@@ -83,3 +83,41 @@ def test_encoding_across_lanes_equals_encoding_on_one_thread(tiny_model_dir):
         alone = model.encode(TEXTS)
         across = model.encode(TEXTS, lanes=lanes_for(2))
     assert torch.allclose(alone, across, atol=1e-5)
+
+
+def test_the_traced_encoder_gives_the_eager_features(tiny_model_dir):
+    from serving.snapshot import TracedEncoder, traced
+
+    cpu = torch.device("cpu")
+    fast = base_classifier(tiny_model_dir, max_length=32, device=cpu, trace=True)
+    slow = base_classifier(tiny_model_dir, max_length=32, device=cpu, trace=False)
+    assert isinstance(traced(fast), TracedEncoder) and traced(slow) is None
+    snap = ModelSnapshot.empty(fast, mode="head")
+    assert snap.fast is traced(fast)
+    assert ModelSnapshot.empty(fast, mode="lora").fast is None   # own weights: eager
+    for texts in (TEXTS[:1], TEXTS[:5], TEXTS):                 # one padded pass, lanes
+        a = snap.score("t", texts).features
+        b = ModelSnapshot.empty(slow, mode="head").score("t", texts).features
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_trace_that_disagrees_with_the_encoder_is_not_used(tiny_model_dir, monkeypatch, caplog):
+    from serving import snapshot
+
+    real = torch.jit.trace
+
+    def wrong(module, example, **kw):
+        script = real(module, example, **kw)
+        return lambda ids, mask: script(ids, mask) + 1.0   # off by one everywhere
+
+    monkeypatch.setattr(torch.jit, "trace", wrong)
+    with caplog.at_level("WARNING", logger="serving.snapshot"):
+        base = base_classifier(tiny_model_dir, max_length=32, device=torch.device("cpu"),
+                               trace=True)
+    assert snapshot.traced(base) is None
+    assert "eagerly" in caplog.text and "disagrees" in caplog.text
+    assert ModelSnapshot.empty(base, mode="head").score("t", TEXTS[:3]).features.shape[0] == 3
+
+
+def test_trace_setting_defaults_on():
+    assert ServeConfig().trace is True
