@@ -240,12 +240,17 @@ def part_predict(bootstrap: str, work: Path, args) -> dict:
     return out
 
 
+# Serving configurations of the 1-vs-2-replica comparison: the defaults, and the fp32 eager
+# encoder the issue's target was set against (a costlier encoder per event).
+SCALE_CONFIGS = {"default": {}, "fp32-eager": {"SERVE_PRECISION": "fp32", "SERVE_TRACE": "false"}}
+
+
 def part_scale(bootstrap: str, work: Path, args) -> dict:
     """Events/s of 1 vs 2 replicas over the same stream, with a trained version served."""
     from tools.publish import publish
 
     texts, labels = banking77(seed=args.seed)
-    out: dict = {}
+    results: dict = {}
     uid = uuid.uuid4().hex[:6]
     base = _env(bootstrap, work, uid)
     _topics(bootstrap, base, 6)
@@ -258,42 +263,49 @@ def part_scale(bootstrap: str, work: Path, args) -> dict:
             time.sleep(0.5)
     finally:
         trainer.stop()   # its newest version stays on the topic for the replicas
-    for n in args.replicas:
-        # A fresh source topic and group per count: every run serves the same stream.
-        run = f"{uid}-r{n}"
-        env = dict(base, KAFKA_FEEDBACK_TOPIC=f"feedback-{run}", KAFKA_APP_ID=f"bench-{run}")
-        _topics(bootstrap, env, 6)
-        replicas = [Role("serve", env, work, f"scale-{run}-{k}") for k in range(n)]
-        try:
-            for r in replicas:
-                r.start()
-            for r in replicas:
-                r.wait_ready()
-            time.sleep(2)   # the group settles: every replica owns its partitions
-            publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"],
-                    _events(texts, labels, f"s{n}", args.scale_events, labeled=False),
-                    progress=False)
-            first = last = None
-            deadline = time.monotonic() + 900
-            while time.monotonic() < deadline:
-                done = sum(_count(r, "streamlearner_stream_predictions_total") for r in replicas)
-                now = time.monotonic()
-                if done > 0 and first is None:
-                    first, first_done = now, done
-                if done >= args.scale_events:
-                    last = now
-                    break
-                time.sleep(0.2)
-            rate = (args.scale_events - first_done) / (last - first) if last and last > first else float("nan")
-            out[str(n)] = {"events": args.scale_events, "events_per_second": rate,
-                           "per_replica": [_count(r, "streamlearner_stream_predictions_total")
-                                           for r in replicas]}
-        finally:
-            for r in replicas:
-                r.stop()
-    if "1" in out and "2" in out:
-        out["ratio_2_vs_1"] = out["2"]["events_per_second"] / out["1"]["events_per_second"]
-    return out
+    for config, extra in SCALE_CONFIGS.items():
+        if config not in args.scale_configs:
+            continue
+        out = results.setdefault(config, {"settings": extra})
+        for n in args.replicas:
+            # A fresh source topic and group per count: every run serves the same stream.
+            run = f"{uid}-{config}-r{n}"
+            env = dict(base, **extra, KAFKA_FEEDBACK_TOPIC=f"feedback-{run}",
+                       KAFKA_APP_ID=f"bench-{run}")
+            _topics(bootstrap, env, 6)
+            replicas = [Role("serve", env, work, f"scale-{run}-{k}") for k in range(n)]
+            try:
+                for r in replicas:
+                    r.start()
+                for r in replicas:
+                    r.wait_ready()
+                time.sleep(2)   # the group settles: every replica owns its partitions
+                publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"],
+                        _events(texts, labels, f"s{n}", args.scale_events, labeled=False),
+                        progress=False)
+                first = last = None
+                deadline = time.monotonic() + 900
+                while time.monotonic() < deadline:
+                    done = sum(_count(r, "streamlearner_stream_predictions_total") for r in replicas)
+                    now = time.monotonic()
+                    if done > 0 and first is None:
+                        first, first_done = now, done
+                    if done >= args.scale_events:
+                        last = now
+                        break
+                    time.sleep(0.2)
+                rate = (args.scale_events - first_done) / (last - first) if last and last > first else float("nan")
+                out[str(n)] = {"events": args.scale_events, "events_per_second": rate,
+                               "per_replica": [_count(r, "streamlearner_stream_predictions_total")
+                                               for r in replicas]}
+            finally:
+                for r in replicas:
+                    r.stop()
+        if "1" in out and "2" in out:
+            out["ratio_2_vs_1"] = out["2"]["events_per_second"] / out["1"]["events_per_second"]
+    head = results.get(args.scale_configs[0], {})
+    return {**{k: v for k, v in head.items() if k != "settings"}, "config": args.scale_configs[0],
+            "by_config": results}
 
 
 def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | None,
@@ -424,11 +436,14 @@ def report(result: dict, out: Path) -> None:
                      f"**{st['p99_upper_bound_seconds']} s** over {st['count']:.0f} swaps "
                      f"(histogram bucket bounds) | – | p99 ≤ 2 s |")
     s = result.get("scale", {})
-    if "ratio_2_vs_1" in s:
-        lines.append(f"| serving scale, 1 vs 2 replicas (1 torch thread each, 6 partitions) | "
-                     f"2 replicas {s['2']['events_per_second']:.0f} events/s | 1 replica "
-                     f"{s['1']['events_per_second']:.0f} events/s: **{s['ratio_2_vs_1']:.2f}x** "
-                     f"| ≥ 1.7x |")
+    for config, c in s.get("by_config", {}).items():
+        if "ratio_2_vs_1" not in c:
+            continue
+        shown = ", ".join(f"{k}={v}" for k, v in c["settings"].items()) or "defaults"
+        lines.append(f"| serving scale, 1 vs 2 replicas (1 torch thread each, 6 partitions; "
+                     f"{shown}) | 2 replicas {c['2']['events_per_second']:.0f} events/s | "
+                     f"1 replica {c['1']['events_per_second']:.0f} events/s: "
+                     f"**{c['ratio_2_vs_1']:.2f}x** | ≥ 1.7x |")
     w = result.get("worker", {})
     for precision, r in w.get("by_precision", {}).items():
         raw = r["raw_batch_inference"]
@@ -446,11 +461,16 @@ def report(result: dict, out: Path) -> None:
         axes[0].bar(names, [v * 1e3 for v in p99], color=["tab:green", "tab:blue", "tab:gray"])
         axes[0].axhline(20, ls="--", c="k", lw=1)
         axes[0].set_ylabel("/predict p99 under training (ms)")
-    if "ratio_2_vs_1" in s:
-        axes[1].bar(["1 replica", "2 replicas"],
-                    [s["1"]["events_per_second"], s["2"]["events_per_second"]])
+    if s.get("by_config"):
+        names, values = [], []
+        for config, c in s["by_config"].items():
+            if "ratio_2_vs_1" in c:
+                names += [f"1 replica\n{config}", f"2 replicas\n{config}"]
+                values += [c["1"]["events_per_second"], c["2"]["events_per_second"]]
+        axes[1].bar(names, values, color=["tab:gray", "tab:green"] * (len(names) // 2))
         axes[1].set_ylabel("events/s")
-        axes[1].set_title(f"{s['ratio_2_vs_1']:.2f}x")
+        axes[1].set_title("  ".join(f"{k}: {c['ratio_2_vs_1']:.2f}x"
+                                    for k, c in s["by_config"].items() if "ratio_2_vs_1" in c))
     if w.get("by_precision"):
         names, values, colors = [], [], []
         for precision, r in w["by_precision"].items():
@@ -498,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog", type=int, default=6000, help="samples the trainer trains meanwhile")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     p.add_argument("--scale-events", type=int, default=4000)
+    p.add_argument("--scale-configs", nargs="+", default=list(SCALE_CONFIGS),
+                   choices=list(SCALE_CONFIGS), help="serving settings compared (first: headline)")
     p.add_argument("--worker-events", type=int, default=4800)
     p.add_argument("--worker-warm", type=int, default=700,
                    help="events before the worker's clock starts (drift windows filling)")
