@@ -286,7 +286,8 @@ def part_scale(bootstrap: str, work: Path, args) -> dict:
                 first = last = None
                 deadline = time.monotonic() + 900
                 while time.monotonic() < deadline:
-                    done = sum(_count(r, "streamlearner_stream_predictions_total") for r in replicas)
+                    done = sum(_count(r, "streamlearner_stream_predictions_total")
+                               for r in replicas)
                     now = time.monotonic()
                     if done > 0 and first is None:
                         first, first_done = now, done
@@ -294,7 +295,8 @@ def part_scale(bootstrap: str, work: Path, args) -> dict:
                         last = now
                         break
                     time.sleep(0.2)
-                rate = (args.scale_events - first_done) / (last - first) if last and last > first else float("nan")
+                rate = ((args.scale_events - first_done) / (last - first)
+                        if last and last > first else float("nan"))
                 out[str(n)] = {"events": args.scale_events, "events_per_second": rate,
                                "per_replica": [_count(r, "streamlearner_stream_predictions_total")
                                                for r in replicas]}
@@ -347,7 +349,8 @@ def _worker_rate(bootstrap: str, work: Path, args, precision: str) -> dict:
     _topics(bootstrap, env, 1)
     # Whole batches only: a last partial batch waits STREAM_MAX_WAIT_S for events that never
     # come, which is the latency policy, not throughput.
-    events = _events(texts, labels, f"e2e-{precision}", args.worker_events - args.worker_events % 32)
+    whole = args.worker_events - args.worker_events % 32
+    events = _events(texts, labels, f"e2e-{precision}", whole)
     publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"], events, progress=False)
     worker = Role("worker", env, work, f"e2e-{precision}-{uid}", threads=args.worker_threads)
     rows: list[tuple[float, float]] = []

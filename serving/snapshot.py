@@ -149,8 +149,8 @@ def trace_encoder(model: TextClassifier) -> TracedEncoder | None:
     one text p50 4.3 ms vs 6.2 ms (docs/serving.md). The trace is checked against the eager
     encoder on other batch sizes and lengths, padded and not, before it is used: a family
     whose forward pass does not trace faithfully (or a torch without ``torch.jit.trace``,
-    deprecated since torch 2.9 in favour of ``torch.export``) keeps the eager encoder, with a
-    warning. SERVE_TRACE=false turns it off."""
+    which torch 2.13 marks deprecated in favour of ``torch.export``) keeps the eager
+    encoder, with a warning. SERVE_TRACE=false turns it off."""
     encoder = model.encoder
     vocab = int(getattr(encoder.config, "vocab_size", 0) or 0)
     if not hasattr(torch.jit, "trace") or vocab < 2:
