@@ -90,6 +90,9 @@ class VersionTracking:
         record = orjson.loads(value) if isinstance(value, (bytes, str)) else {}
         version = int(record.get("version", self.trainer.learner.model_version))
         numbers = self.snapshot()
+        # The step is the delivered record's version; the learner may already be past it
+        # (learning goes on while a publication is in flight), the other numbers are live.
+        numbers["model_version"] = float(version)
         numbers["sequence"] = float(record.get("sequence", 0))
         numbers["rollback"] = 1.0 if record.get("kind") == "rollback" else 0.0
         self.run.log_metrics(numbers, step=version)

@@ -142,6 +142,9 @@ async def test_each_published_version_is_a_step_and_champions_are_registered(tin
     published = [json.loads(value)["version"] for _, value in h.broker.records("model-versions")]
     assert len(steps) == len(published) >= 2
     assert [c[2]["model_version"][1] for c in steps] == published   # step = published version
+    # ... and its model_version value is that version, not the live learner's (which may be
+    # past it when the record is delivered): CI saw steps 1,2,3,4 with values 1,2,3,5.
+    assert [c[2]["model_version"][0] for c in steps] == [float(v) for v in published]
     last = steps[-1][2]
     assert {"probe_accuracy.feedback", "forgetting.feedback", "prequential_accuracy.feedback",
             "loss.feedback", "drift_detections", "rollbacks", "champion_version"} <= set(last)
