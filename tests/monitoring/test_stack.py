@@ -120,6 +120,10 @@ def test_compose_references_are_defined(compose):
     assert {"checkpoints", "models"} <= volumes
     gpu = services["trainer-gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    # As many trainer ranks as reserved GPUs, from one variable (default 1).
+    ranks = gpu["command"][gpu["command"].index("--nproc-per-node") + 1]
+    assert ranks == gpu["deploy"]["resources"]["reservations"]["devices"][0]["count"] \
+        == "${STREAMLEARNER_GPUS:-1}"
     assert "cu" in gpu["build"]["args"]["TORCH_INDEX_URL"]
     assert "trainer" in aliases
     # The trainer writes the model store, replicas only read it: the same volume.
@@ -171,7 +175,9 @@ def test_dockerfile_entrypoint_is_the_real_cli(compose):
     for name, svc in compose["services"].items():
         if str(svc.get("image", "")).startswith("streamlearner:"):
             assert "entrypoint" not in svc, name
-            parser.parse_args(svc["command"])   # a real subcommand with real flags
+            # A real subcommand with real flags, as compose interpolates ${VAR:-default}.
+            parser.parse_args([re.sub(r"\$\{[A-Za-z_]+:-([^}]*)\}", r"\1", str(a))
+                               for a in svc["command"]])
 
 
 def test_grafana_provisioning_paths_match_the_mounts(compose):
