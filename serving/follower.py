@@ -22,7 +22,6 @@ from serving.snapshot import ModelSnapshot
 if TYPE_CHECKING:
     from lifecycle.publishing import ModelStore
     from serving.models import ServedModels
-    from streams.handoff import ModelThread
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +29,11 @@ from monitoring.metrics import REFUSALS  # noqa: F401  (the reason label values)
 
 
 class VersionFollower:
-    def __init__(self, models: "ServedModels", *, base, base_model: str, thread: "ModelThread",
+    def __init__(self, models: "ServedModels", *, base, base_model: str,
                  store: "ModelStore | None" = None, metrics=None) -> None:
         self.models = models
         self.base = base                 # the replica's pristine base encoder (TextClassifier)
         self.base_model = base_model     # its id (lifecycle.publishing.base_model_id)
-        self.thread = thread
         self.store = store
         self.metrics = metrics
         # Set once the records that existed when following began were offered: a replica is

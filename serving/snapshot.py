@@ -26,6 +26,7 @@ from torch import nn
 
 from learner.lanes import lanes_for
 from learner.model import GrowingHead, TextClassifier
+from serving.config import PRECISIONS
 
 if TYPE_CHECKING:
     from lifecycle.publishing import Artifact
@@ -75,8 +76,8 @@ def serving_dtype(precision: str, device: torch.device) -> torch.dtype:
     CPU, ``bf16`` (or ``auto`` on a CPU with native bf16) stores the weights in bf16, which
     halves the memory traffic of every matrix product: measured 1.5x lower single-text
     latency and 2x batch throughput for MiniLM on AVX512-BF16 (docs/serving.md)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device.type != "cpu" or precision == "fp32":
         return torch.float32
     if precision == "bf16" or native_bf16():
@@ -135,8 +136,9 @@ class TracedEncoder(nn.Module):
 _TRACED: "weakref.WeakKeyDictionary[TextClassifier, TracedEncoder]" = weakref.WeakKeyDictionary()
 
 
-def traced(base: TextClassifier) -> TracedEncoder | None:
-    return _TRACED.get(base)
+def traced(base: TextClassifier, mode: str = "head") -> TracedEncoder | None:
+    """``base``'s checked trace, for a snapshot of ``mode`` that shares its encoder (head)."""
+    return _TRACED.get(base) if mode == "head" else None
 
 
 def trace_encoder(model: TextClassifier) -> TracedEncoder | None:
@@ -234,7 +236,7 @@ class ModelSnapshot:
     @classmethod
     def empty(cls, base: TextClassifier, *, mode: str) -> "ModelSnapshot":
         """Version 0: no task has a label yet (what a replica serves before any version)."""
-        return cls(_shell(base), {}, 0, mode=mode, fast=traced(base) if mode == "head" else None)
+        return cls(_shell(base), {}, 0, mode=mode, fast=traced(base, mode))
 
     @classmethod
     def from_artifact(cls, artifact: "Artifact", base: TextClassifier, *,
@@ -268,8 +270,7 @@ class ModelSnapshot:
             head = GrowingHead.from_merged(weight, bias).requires_grad_(False)
             model.add_head(task, head)
         return cls(model, artifact.labels, artifact.version, mode=artifact.mode,
-                   published_ts=published_ts,
-                   fast=traced(base) if artifact.mode == "head" else None)
+                   published_ts=published_ts, fast=traced(base, artifact.mode))
 
     # -- read-only views ----------------------------------------------------------------
     def tasks(self) -> list[str]:

@@ -644,8 +644,7 @@ def build_serve(settings: Settings) -> Role:
     serving_ref.append(serving)
     thread.call(serving.models.maybe_reload_student)
     follower = VersionFollower(serving.models, base=base, base_model=base_model_id(base),
-                               thread=thread, store=ModelStore(settings.models.store),
-                               metrics=metrics)
+                               store=ModelStore(settings.models.store), metrics=metrics)
     flow = ServeFlow(serving, AckQueue(latch, metrics), serving.outputs.samples)
     _source_agents(app, settings, flow.handle)
     add_lag_timer(app, metrics, set(settings.kafka.source_topics()),

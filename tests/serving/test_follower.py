@@ -46,7 +46,7 @@ def setup(tiny_learner, tiny_model_dir, tmp_path):
     base = base_classifier(tiny_model_dir, max_length=64, device=torch.device("cpu"))
     models = ServedModels(ModelSnapshot.empty(base, mode="lora"), metrics=metrics)
     follower = VersionFollower(models, base=base, base_model=base_model_id(base),
-                               thread=thread, store=store, metrics=metrics)
+                               store=store, metrics=metrics)
     yield learner, publisher, topic, follower, models, reg, store
     thread.close()
 

@@ -71,8 +71,7 @@ async def test_the_trainers_version_is_what_the_replica_serves_next(tiny_model_d
     [(key, record)] = broker.records("model-versions")
     models = serve.serving.models
     base = serve.serving.models.current.model   # the replica's base (a head-mode shell)
-    follower = VersionFollower(models, base=base, base_model=base_model_id(base),
-                               thread=serve.serving.thread)
+    follower = VersionFollower(models, base=base, base_model=base_model_id(base))
     assert await follower.offer(record)
     assert models.model_version == 1
     report = await serve.handle("feedback", [raw(9, {"id": "e", "text": "text of a"})],
