@@ -7,6 +7,7 @@ No module-level app: :func:`create_app` is called by the role builders
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -51,6 +52,73 @@ def disable_topic_auto_creation() -> bool:
             super().__init__(topics, allow_auto_topic_creation)
 
     client.MetadataRequest = NoAutoCreateMetadataRequest
+    return True
+
+
+# Longest wait of the patched fetcher while a paused partition may resume (seconds).
+FETCH_RECHECK_S = 0.05
+
+
+def wake_fetcher_on_buffer_drop() -> bool:
+    """Make Faust's fetcher resume a paused partition as soon as its buffer drains.
+
+    Faust's flow control (faust-streaming 0.15, ``faust/transport/consumer.py``) pauses a
+    partition whose stream buffer reaches 80% of ``stream_buffer_maxsize`` and resumes it at
+    40%, but the fetcher does not hear of the resume: with every partition paused it sleeps a
+    whole second, and with some still active it sits in ``getmany(timeout=1.0)`` on those.
+    A consumer that drains the resumed partitions' buffers in under a second then waits with
+    nothing to do: measured on a serving replica catching up a backlog (3 partitions, 256
+    buffered events each), stalls of 0.4–0.6 s twice in six seconds. Patched: with no active
+    partition the fetcher waits for the first buffer to drain (at most the same second), and
+    while any partition is paused a fetch waits at most ``FETCH_RECHECK_S``.
+
+    Process-wide and idempotent; returns False if this Faust lacks the hooks it relies on
+    (then Faust's own behaviour stays)."""
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer, "_streamlearner_wakes", False):
+        return True
+    needed = ("_wait_next_records", "on_buffer_drop", "_get_active_partitions",
+              "_buffered_partitions", "not_waiting_next_records", "flow_active")
+    original_wait = Consumer._wait_next_records
+    original_drop = Consumer.on_buffer_drop
+    if not all(hasattr(Consumer, n) or n in getattr(Consumer, "__annotations__", {})
+               for n in needed):
+        log.warning("this faust-streaming has no flow-control hooks to patch; a paused "
+                    "partition may wait up to 1 s after its buffer drains")
+        return False
+
+    def _drained(consumer) -> asyncio.Event:
+        event = consumer.__dict__.get("_streamlearner_drained")
+        if event is None:
+            event = consumer.__dict__["_streamlearner_drained"] = asyncio.Event()
+        return event
+
+    def on_buffer_drop(self, tp) -> None:
+        original_drop(self, tp)
+        _drained(self).set()
+
+    async def _wait_next_records(self, timeout: float):
+        if self.flow_active and not self.app.client_only:
+            active = self._get_active_partitions()
+            if not active and self._buffered_partitions:
+                drained = _drained(self)
+                drained.clear()
+                self.not_waiting_next_records.set()
+                try:
+                    await asyncio.wait_for(drained.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                active = self._get_active_partitions()
+                if not active:
+                    return {}, active
+            if self._buffered_partitions:
+                timeout = min(timeout, FETCH_RECHECK_S)
+        return await original_wait(self, timeout)
+
+    Consumer.on_buffer_drop = on_buffer_drop
+    Consumer._wait_next_records = _wait_next_records
+    Consumer._streamlearner_wakes = True
     return True
 
 
@@ -146,6 +214,7 @@ def create_app(settings, *, app_id: str, data_dir: str, registry, latch: "FailSt
     app.latch = latch
     if not k.auto_create_topics:
         disable_topic_auto_creation()
+    wake_fetcher_on_buffer_drop()
 
     @app.page("/metrics")
     async def metrics(web, request):
