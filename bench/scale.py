@@ -174,6 +174,59 @@ def _histogram(samples: dict, name: str) -> dict:
             "buckets": {str(le): c for le, c in buckets}}
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far, all its threads (/proc)."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> dict:
+    """Machine-wide CPU seconds so far by state (/proc/stat: busy, idle, steal)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / tick,
+            "idle": (idle + iowait) / tick, "steal": steal / tick}
+
+
+def _threads_cpu(pid: int) -> dict:
+    """CPU seconds of each thread of a process, by thread name (/proc/<pid>/task)."""
+    out: dict = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        f = stat.rsplit(")", 1)[1].split()
+        out[f"{name}/{task.name}"] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _cpu_of(roles: list, broker_pid: int | None) -> dict:
+    return {"replicas": [_cpu_seconds(r.proc.pid) for r in roles],
+            "threads": [_threads_cpu(r.proc.pid) for r in roles],
+            "broker": _cpu_seconds(broker_pid), "bench": _cpu_seconds(os.getpid()),
+            "machine": _machine_cpu()}
+
+
+def _cpu_used(before: dict, after: dict, seconds: float) -> dict:
+    """Cores each process used over a window (CPU seconds / wall seconds)."""
+    return {"replicas": [(a - b) / seconds for a, b in zip(after["replicas"], before["replicas"])],
+            "threads": [{k: (a[k] - b.get(k, 0.0)) / seconds for k in a
+                         if a[k] - b.get(k, 0.0) > 0.02 * seconds}
+                        for a, b in zip(after["threads"], before["threads"])],
+            "broker": (after["broker"] - before["broker"]) / seconds,
+            "bench": (after["bench"] - before["bench"]) / seconds,
+            "machine": {k: (after["machine"][k] - before["machine"][k]) / seconds
+                        for k in after["machine"]}}
+
+
 def _count(role: Role, name: str) -> float:
     from tools.demo import metric_sum
 
@@ -242,10 +295,11 @@ def part_predict(bootstrap: str, work: Path, args) -> dict:
 
 # Serving configurations of the 1-vs-2-replica comparison: the defaults, and the fp32 eager
 # encoder the issue's target was set against (a costlier encoder per event).
-SCALE_CONFIGS = {"default": {}, "fp32-eager": {"SERVE_PRECISION": "fp32", "SERVE_TRACE": "false"}}
+SCALE_CONFIGS = {"default": {}, "fp32": {"SERVE_PRECISION": "fp32"},
+                 "fp32-eager": {"SERVE_PRECISION": "fp32", "SERVE_TRACE": "false"}}
 
 
-def part_scale(bootstrap: str, work: Path, args) -> dict:
+def part_scale(bootstrap: str, work: Path, args, broker_pid: int | None = None) -> dict:
     """Events/s of 1 vs 2 replicas over the same stream, with a trained version served."""
     from tools.publish import publish
 
@@ -283,23 +337,36 @@ def part_scale(bootstrap: str, work: Path, args) -> dict:
                 publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"],
                         _events(texts, labels, f"s{n}", args.scale_events, labeled=False),
                         progress=False)
-                first = last = None
+                # The rate is taken over the steady middle of the stream, from 10% to 90% of
+                # it served: not the start (first batches, a partition's first fetch) and not
+                # the end, where a replica's last partial batch waits STREAM_MAX_WAIT_S for
+                # events that never come (the latency policy, not throughput).
+                lo, hi = int(0.1 * args.scale_events), int(0.9 * args.scale_events)
+                start = end = None
                 deadline = time.monotonic() + 900
                 while time.monotonic() < deadline:
                     done = sum(_count(r, "streamlearner_stream_predictions_total")
                                for r in replicas)
                     now = time.monotonic()
-                    if done > 0 and first is None:
-                        first, first_done = now, done
-                    if done >= args.scale_events:
-                        last = now
+                    if start is None and done >= lo:
+                        start, start_done, cpu_start = now, done, _cpu_of(replicas, broker_pid)
+                    if start is not None and done >= hi:
+                        end, end_done, cpu_end = now, done, _cpu_of(replicas, broker_pid)
                         break
-                    time.sleep(0.2)
-                rate = ((args.scale_events - first_done) / (last - first)
-                        if last and last > first else float("nan"))
-                out[str(n)] = {"events": args.scale_events, "events_per_second": rate,
-                               "per_replica": [_count(r, "streamlearner_stream_predictions_total")
-                                               for r in replicas]}
+                    time.sleep(0.05)
+                ok = end is not None and end > start
+                out[str(n)] = {
+                    "events": args.scale_events,
+                    "measured_events": (end_done - start_done) if ok else 0,
+                    "events_per_second": (end_done - start_done) / (end - start) if ok
+                    else float("nan"),
+                    "cores_used": _cpu_used(cpu_start, cpu_end, end - start) if ok else None}
+                while time.monotonic() < deadline and sum(
+                        _count(r, "streamlearner_stream_predictions_total")
+                        for r in replicas) < args.scale_events:
+                    time.sleep(0.2)   # every event served before the replicas stop
+                out[str(n)]["per_replica"] = [
+                    _count(r, "streamlearner_stream_predictions_total") for r in replicas]
             finally:
                 for r in replicas:
                     r.stop()
@@ -408,6 +475,16 @@ def part_shared_baseline(args) -> dict:
 
 # -- report -----------------------------------------------------------------------------------
 
+def _cores(run: dict) -> str:
+    """Where the CPU went over the measured window, for a table cell."""
+    u = run.get("cores_used")
+    if not u:
+        return ""
+    replicas = " + ".join(f"{c:.2f}" for c in u["replicas"])
+    return (f" (cores: replicas {replicas}, broker {u['broker']:.2f}, machine idle "
+            f"{u['machine']['idle']:.2f})")
+
+
 def report(result: dict, out: Path) -> None:
     import matplotlib
 
@@ -444,9 +521,9 @@ def report(result: dict, out: Path) -> None:
             continue
         shown = ", ".join(f"{k}={v}" for k, v in c["settings"].items()) or "defaults"
         lines.append(f"| serving scale, 1 vs 2 replicas (1 torch thread each, 6 partitions; "
-                     f"{shown}) | 2 replicas {c['2']['events_per_second']:.0f} events/s | "
-                     f"1 replica {c['1']['events_per_second']:.0f} events/s: "
-                     f"**{c['ratio_2_vs_1']:.2f}x** | ≥ 1.7x |")
+                     f"{shown}) | 2 replicas {c['2']['events_per_second']:.0f} events/s"
+                     f"{_cores(c['2'])} | 1 replica {c['1']['events_per_second']:.0f} events/s"
+                     f"{_cores(c['1'])}: **{c['ratio_2_vs_1']:.2f}x** | ≥ 1.7x |")
     w = result.get("worker", {})
     for precision, r in w.get("by_precision", {}).items():
         raw = r["raw_batch_inference"]
@@ -503,7 +580,7 @@ def run(args) -> dict:
                 result["predict"] = part_predict(broker.bootstrap, work, args)
                 result["baseline"] = part_shared_baseline(args)
             elif part == "scale":
-                result["scale"] = part_scale(broker.bootstrap, work, args)
+                result["scale"] = part_scale(broker.bootstrap, work, args, broker.pid)
             elif part == "worker":
                 result["worker"] = part_worker(broker.bootstrap, work, args)
             result.setdefault("part_seconds", {})[part] = time.monotonic() - t
@@ -520,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300, help="/predict requests timed")
     p.add_argument("--backlog", type=int, default=6000, help="samples the trainer trains meanwhile")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--scale-events", type=int, default=4000)
+    p.add_argument("--scale-events", type=int, default=8000)
     p.add_argument("--scale-configs", nargs="+", default=list(SCALE_CONFIGS),
                    choices=list(SCALE_CONFIGS), help="serving settings compared (first: headline)")
     p.add_argument("--worker-events", type=int, default=4800)
