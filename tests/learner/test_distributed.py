@@ -262,8 +262,11 @@ RANK_SCRIPT = """
 import os, signal, sys, time
 rank = int(os.environ["RANK"])
 assert os.environ["WORLD_SIZE"] == "2" and os.environ["MASTER_PORT"]
+def stopped(*_):
+    open(sys.argv[3], "w").write("SIGTERM")   # told to stop, not finished on its own
+    sys.exit(0)
 if rank == 0:   # a leader that drains on SIGTERM, or ends by itself
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, stopped)
     time.sleep(float(sys.argv[1]))
     sys.exit(0)
 time.sleep(0.2)
@@ -271,17 +274,17 @@ sys.exit(int(sys.argv[2]))   # a follower: 0 once told to stop, else it failed
 """
 
 
-@pytest.mark.parametrize("leader_s, follower_code, expected", [
-    (0.5, 0, 0),    # a clean stop: every rank ends with 0
-    (60, 7, 3),     # a follower fails: rank 0 is stopped (SIGTERM) at once, the trainer fails
+@pytest.mark.parametrize("leader_s, follower_code, expected, signalled", [
+    (0.5, 0, 0, False),   # a clean stop: every rank ends with 0 by itself
+    (60, 7, 3, True),     # a follower fails: rank 0 is stopped (SIGTERM), the trainer fails
 ])
-def test_launch_stops_the_trainer_when_a_rank_fails(leader_s, follower_code, expected):
+def test_launch_stops_the_trainer_when_a_rank_fails(leader_s, follower_code, expected,
+                                                    signalled, tmp_path):
     import sys
-    import time
 
     from learner.distributed import launch
 
-    started = time.monotonic()
-    code = launch([sys.executable, "-c", RANK_SCRIPT, str(leader_s), str(follower_code)], 2,
-                  grace_s=10, failed=3)
-    assert code == expected and time.monotonic() - started < 20
+    marker = tmp_path / "leader-stopped"
+    code = launch([sys.executable, "-c", RANK_SCRIPT, str(leader_s), str(follower_code),
+                   str(marker)], 2, grace_s=10, failed=3)
+    assert code == expected and marker.exists() == signalled

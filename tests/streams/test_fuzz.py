@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import time
 import unicodedata
 
 import orjson
@@ -314,25 +313,30 @@ BIG_TEXTS = {
 }
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", sorted(BIG_TEXTS))
-def test_clean_text_is_linear_on_megabyte_strings(name):
-    """No pattern backtracks quadratically: 1 MB of hostile text cleans in well under
-    a few seconds (the worker refuses more than STREAM_MAX_TEXT_CHARS anyway)."""
-    text = BIG_TEXTS[name]
-    started = time.perf_counter()
-    out = clean_text(text)
-    elapsed = time.perf_counter() - started
+def test_clean_text_finishes_on_megabyte_strings(name):
+    """No pattern backtracks catastrophically: 1 MB of hostile text is cleaned at all (a
+    linear pass takes milliseconds; a quadratic one would run for hours, and the timeout
+    fails the test instead of hanging CI). The worker refuses more than
+    STREAM_MAX_TEXT_CHARS anyway."""
+    out = clean_text(BIG_TEXTS[name])
     assert type(out) is str
-    assert elapsed < 5.0, f"{name}: {elapsed:.1f} s"
 
 
-def test_megabyte_payloads_are_rejected_by_size_before_parsing():
+def test_megabyte_payloads_are_rejected_by_size_before_parsing(monkeypatch):
+    import streams.records as records
+
     raw = orjson.dumps({"id": "big", "text": "a" * MB})
-    started = time.perf_counter()
+
+    def no_parsing(*_):
+        raise AssertionError("the payload was parsed before its size was checked")
+
+    monkeypatch.setattr(records.orjson, "loads", no_parsing)
     with pytest.raises(RejectedEvent) as info:
         decode_event(raw, task="feedback", received_at=0.0)
     assert info.value.reason is Reason.payload_too_large
-    assert time.perf_counter() - started < 0.1
+    monkeypatch.undo()
     # With a payload limit above it, the text limit catches it instead.
     with pytest.raises(RejectedEvent) as info:
         decode_event(raw, task="feedback", received_at=0.0, max_payload_bytes=2 * MB)
