@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import sys
@@ -249,34 +248,14 @@ def load_features(args, tasks: list[Task]) -> dict | None:
     """Frozen encoder: encode every text once (or read ``--feature-cache``) for all runs."""
     if args.mode != "head":
         return None
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from learner import Learner, LearnerConfig
+    from learner.features import encode_once
 
     texts = list(dict.fromkeys(x for t in tasks for x, _ in t.train + t.test))
     if args.perturb_rate > 0:
         texts += [x for t in tasks for x in perturb_all([x for x, _ in t.test], rate=args.perturb_rate, seed=args.seed)]
-        texts = list(dict.fromkeys(texts))
-    cache: dict = {}
-    path = Path(args.feature_cache) if args.feature_cache else None
-    tag = f"{args.model or 'bundled'}|{args.max_length}"
-    if path is not None and path.is_file():
-        stored = load_file(str(path))
-        meta = json.loads(path.with_suffix(".json").read_text())
-        if meta.get("tag") == tag:
-            cache = dict(zip(meta["texts"], stored["features"]))
-    missing = [t for t in texts if t not in cache]
-    if missing:
-        print(f"encoding {len(missing)} texts once (frozen encoder)...", file=sys.stderr)
-        encoder = Learner(LearnerConfig(model=args.model, device=args.device, mode="head",
-                                        max_length=args.max_length))
-        cache.update(zip(missing, encoder._encode(missing)))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"features": torch.stack(list(cache.values())).contiguous()}, str(path))
-            path.with_suffix(".json").write_text(json.dumps({"tag": tag, "texts": list(cache)}))
-    return {t: cache[t] for t in texts}
+    return encode_once(texts, model=args.model, device=args.device, max_length=args.max_length,
+                       cache=args.feature_cache,
+                       log=lambda message: print(message, file=sys.stderr))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["FeatureCache"]
+__all__ = ["FeatureCache", "encode_once"]
 
 
 class FeatureCache:
@@ -131,3 +131,40 @@ class FeatureCache:
     def clear(self) -> None:
         self._cached = {}
         self._recent.clear()
+
+
+def encode_once(texts: Sequence[str], *, model: str | None, device: str, max_length: int,
+                cache: str | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Frozen-encoder features of ``texts`` (text -> (H,) CPU float32 tensor), each text
+    encoded once by the encoder ``model`` (None: the bundled one). ``cache``, a safetensors
+    file (with a ``.json`` beside it naming the encoder and the texts), keeps them between
+    runs; it is used only when it was written for the same encoder and ``max_length``.
+    For offline runs over a fixed data set: replaying a stream (tuning), the benchmarks."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from learner.config import LearnerConfig
+    from learner.learner import Learner
+
+    texts = list(dict.fromkeys(texts))
+    tag = f"{model or 'bundled'}|{max_length}"
+    found: dict = {}
+    path = Path(cache) if cache else None
+    if path is not None and path.is_file() and path.with_suffix(".json").is_file():
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if meta.get("tag") == tag:
+            found = dict(zip(meta["texts"], load_file(str(path))["features"]))
+    missing = [t for t in texts if t not in found]
+    if missing:
+        if log is not None:
+            log(f"encoding {len(missing)} texts once (frozen encoder)...")
+        encoder = Learner(LearnerConfig(model=model, device=device, mode="head",
+                                        max_length=max_length))
+        found.update(zip(missing, encoder._encode(missing)))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"features": torch.stack(list(found.values())).contiguous()}, str(path))
+            path.with_suffix(".json").write_text(json.dumps({"tag": tag, "texts": list(found)}))
+    return {t: found[t] for t in texts}

@@ -117,8 +117,6 @@ class DriftWatch:
     # -- model thread side ----------------------------------------------------------------
     def _observe(self, task: str, texts: list[str], errors: list[bool],
                  labels: list[str]) -> tuple[list[Detection], list[str]]:
-        import torch
-
         state = self._task(task)
         first = state.events
         state.events += len(texts)

@@ -408,8 +408,6 @@ class VersionPublisher:
 
     async def _publish(self, learner: "Learner", kind: str,
                        probe_accuracy: dict[str, float] | None) -> VersionRecord | None:
-        import asyncio
-
         try:
             return await self._publish_once(learner, kind, probe_accuracy)
         finally:

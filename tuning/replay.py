@@ -250,31 +250,8 @@ def _curve(scored: list, n: int, points: int = 50) -> list[tuple[int, float]]:
 def encode_features(settings: "Settings", texts: Sequence[str], cache: str | None = None) -> dict:
     """Frozen-encoder features of ``texts`` (text -> (H,) CPU tensor), encoded once with the
     encoder ``settings`` name; ``cache`` (a safetensors file) keeps them between runs."""
-    import json
-    from pathlib import Path
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from learner.config import LearnerConfig
-    from learner.learner import Learner
+    from learner.features import encode_once
 
     lc = settings.learner
-    texts = list(dict.fromkeys(texts))
-    tag = f"{lc.model or 'bundled'}|{lc.max_length}"
-    found: dict = {}
-    path = Path(cache) if cache else None
-    if path is not None and path.is_file() and path.with_suffix(".json").is_file():
-        meta = json.loads(path.with_suffix(".json").read_text())
-        if meta.get("tag") == tag:
-            found = dict(zip(meta["texts"], load_file(str(path))["features"]))
-    missing = [t for t in texts if t not in found]
-    if missing:
-        encoder = Learner(LearnerConfig(model=lc.model, device=lc.device, mode="head",
-                                        max_length=lc.max_length))
-        found.update(zip(missing, encoder._encode(missing)))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"features": torch.stack(list(found.values())).contiguous()}, str(path))
-            path.with_suffix(".json").write_text(json.dumps({"tag": tag, "texts": list(found)}))
-    return {t: found[t] for t in texts}
+    return encode_once(texts, model=lc.model, device=lc.device, max_length=lc.max_length,
+                       cache=cache)

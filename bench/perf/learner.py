@@ -23,7 +23,6 @@ import argparse
 import copy
 import json
 import math
-import statistics
 import time
 
 import torch

@@ -96,7 +96,7 @@ def _f(x, digits=3):
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = [f"# Performance (issue #6)", "",
+    lines = ["# Performance (issue #6)", "",
              f"{m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, {m['device']}, "
              f"load average at start {', '.join(f'{x:.1f}' for x in m.get('load_average_at_start') or [])}; "
              f"OMP_WAIT_POLICY={r['omp_wait_policy']}; sizes `{r['sizes']}`; {r['wall_seconds']:.0f} s in all. "

@@ -4,8 +4,6 @@ assertions: on shared machines absolute and relative times are noise."""
 import json
 import math
 import subprocess
-import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest

@@ -222,7 +222,7 @@ def _lost(rank: int, world: int, port: int, model_dir: str, scenario: str, out: 
             return
         try:
             learner.follow()
-        except RuntimeError as exc:
+        except RuntimeError:
             result["follow_raised_after_s"] = time.monotonic() - started
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(result, f)

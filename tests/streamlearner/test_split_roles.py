@@ -4,8 +4,6 @@ bad samples are dead-lettered, and the trainer's version reaches the replica."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.harness import Acks, labeled, make_split, raw, sample_events
 
 

@@ -1,25 +1,15 @@
 """The replay harness: bench continual's numbers for the same settings, delayed labels,
 recorded files and Kafka ranges."""
 
-import csv
 import json
 
 import pytest
 
 from bench import continual
 from streamlearner.settings import Settings
+from tests.bench.test_continual import LABELS, _write
 from tuning.replay import replay
 from tuning.stream import StreamError, from_files, from_records, from_segments, split
-
-LABELS = ["card", "topup", "rate", "refund", "pin", "atm"]
-
-
-def _write(path, rows, header=("text", "label")):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(path)
 
 
 @pytest.mark.parametrize("mode", ["head", "full"])
