@@ -544,9 +544,11 @@ def report(result: dict, out: Path) -> None:
         names, values = [], []
         for config, c in s["by_config"].items():
             if "ratio_2_vs_1" in c:
-                names += [f"1 replica\n{config}", f"2 replicas\n{config}"]
+                names += [f"1\n{config}", f"2\n{config}"]
                 values += [c["1"]["events_per_second"], c["2"]["events_per_second"]]
         axes[1].bar(names, values, color=["tab:gray", "tab:green"] * (len(names) // 2))
+        axes[1].tick_params(axis="x", labelsize=8)
+        axes[1].set_xlabel("replicas, serving settings")
         axes[1].set_ylabel("events/s")
         axes[1].set_title("  ".join(f"{k}: {c['ratio_2_vs_1']:.2f}x"
                                     for k, c in s["by_config"].items() if "ratio_2_vs_1" in c))
