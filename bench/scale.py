@@ -352,7 +352,7 @@ def part_scale(bootstrap: str, work: Path, args, broker_pid: int | None = None) 
                     if start is not None and done >= hi:
                         end, end_done, cpu_end = now, done, _cpu_of(replicas, broker_pid)
                         break
-                    time.sleep(0.05)
+                    time.sleep(0.25)   # a scrape costs the replica CPU: poll gently
                 ok = end is not None and end > start
                 out[str(n)] = {
                     "events": args.scale_events,
