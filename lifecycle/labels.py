@@ -32,9 +32,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Collection, Mapping
-from datetime import datetime, timezone
 
 import orjson
+
+from streams.records import parse_ts as _parse_ts
 
 __all__ = ["Label", "LabelReason", "RejectedLabel", "decode_label", "label_sets"]
 
@@ -144,36 +145,11 @@ def _required_str(obj: dict, name: str, limit: int) -> str:
     return value
 
 
-# The epoch seconds an ISO-8601 string can express (years 1-9999), as for source events.
-_MIN_TS = datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()
-_MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc).timestamp()
-
-
 def parse_ts(value: object, default: float) -> float:
-    """Epoch seconds from a JSON ``ts`` (number or ISO-8601 string; naive means UTC)."""
-    if value is None:
-        return float(default)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        ts = float(value)   # finite: orjson rejects NaN and Infinity
-        if not _MIN_TS <= ts <= _MAX_TS:
-            hint = " (milliseconds?)" if ts > _MAX_TS else ""
-            raise RejectedLabel(LabelReason.invalid_ts, f"field 'ts' must be epoch seconds "
-                                f"within years 1-9999, got {value!r}{hint}")
-        return ts
-    if type(value) is not str:
-        raise RejectedLabel(LabelReason.wrong_type, "field 'ts' must be an ISO-8601 string or "
-                            f"epoch seconds, got {_type_name(value)}")
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat does not accept 'Z'
-        text = text[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(text)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    except (ValueError, OverflowError):
-        raise RejectedLabel(LabelReason.invalid_ts,
-                            f"field 'ts' is not an ISO-8601 timestamp: {value[:40]!r}") from None
+    """Epoch seconds from a JSON ``ts`` (number or ISO-8601 string; naive means UTC), by the
+    source events' rule (``streams.records.parse_ts``)."""
+    return _parse_ts(value, default,
+                     lambda reason, message: RejectedLabel(LabelReason[reason], message))
 
 
 def decode_label(

@@ -22,7 +22,7 @@ import base64
 import dataclasses
 import enum
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 
 import faust
@@ -130,20 +130,23 @@ _MIN_TS = datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()
 _MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc).timestamp()
 
 
-def _parse_ts(value: object, default: float) -> float:
+def parse_ts(value: object, default: float,
+             reject: Callable[[str, str], Exception]) -> float:
+    """Epoch seconds from a JSON ``ts`` (a number, or an ISO-8601 string; naive means UTC);
+    ``default`` when absent. A bad value raises ``reject(reason, message)``, ``reason`` being
+    ``"invalid_ts"`` or ``"wrong_type"`` (source events and label records share the rule)."""
     if value is None:
-        return default
+        return float(default)
     if _is_number(value):
         ts = float(value)  # finite: orjson rejects NaN, Infinity and overflowing numbers
         if not _MIN_TS <= ts <= _MAX_TS:
             hint = " (milliseconds?)" if ts > _MAX_TS else ""
-            raise RejectedEvent(
-                Reason.invalid_ts,
-                f"field 'ts' must be epoch seconds within years 1-9999, got {value!r}{hint}",
-            )
+            raise reject("invalid_ts", "field 'ts' must be epoch seconds within years 1-9999, "
+                         f"got {value!r}{hint}")
         return ts
     if type(value) is not str:
-        raise _wrong_type("ts", "an ISO-8601 string or epoch seconds", value)
+        raise reject("wrong_type", "field 'ts' must be an ISO-8601 string or epoch seconds, "
+                     f"got {_type_name(value)}")
     text = value.strip()
     if text[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat does not accept 'Z'
         text = text[:-1] + "+00:00"
@@ -153,9 +156,12 @@ def _parse_ts(value: object, default: float) -> float:
             moment = moment.replace(tzinfo=timezone.utc)
         return moment.timestamp()
     except (ValueError, OverflowError):
-        raise RejectedEvent(
-            Reason.invalid_ts, f"field 'ts' is not an ISO-8601 timestamp: {value[:40]!r}"
-        ) from None
+        raise reject("invalid_ts",
+                     f"field 'ts' is not an ISO-8601 timestamp: {value[:40]!r}") from None
+
+
+def _reject_event(reason: str, message: str) -> RejectedEvent:
+    return RejectedEvent(Reason[reason], message)
 
 
 def _source_fields(obj: dict, spec: Mapping[str, type]) -> dict[str, object]:
@@ -248,7 +254,7 @@ def decode_event(
                 f"field 'label' has {len(label)} characters, more than the limit of "
                 f"{max_label_chars}",
             )
-    ts = _parse_ts(obj.get("ts"), received_at)
+    ts = parse_ts(obj.get("ts"), received_at, _reject_event)
     return Event(
         id=event_id,
         task=task,
