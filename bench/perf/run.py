@@ -152,7 +152,9 @@ def markdown(r: dict) -> str:
                   f"{f['max_seconds']:.2f} s |"]
     if "serving" in r:
         s = r["serving"]
-        lines += ["", f"## Serving ({s['mode']} mode, {s['labels']} labels, unseen BANKING77 test texts)", "",
+        copy = (f", serving copy {s['dtype'].removeprefix('torch.')}"
+                f"{', traced' if s.get('trace') else ''}" if "dtype" in s else "")
+        lines += ["", f"## Serving ({s['mode']} mode, {s['labels']} labels{copy}, unseen BANKING77 test texts)", "",
                   "| measure | n | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|"]
         rows = [("single predict_many", s["single"]), ("single predict_proba (/predict)", s["single_proba"])]
         if "single_under_training" in s:

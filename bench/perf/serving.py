@@ -85,8 +85,13 @@ def run(args: argparse.Namespace) -> dict:
                                           seed=args.seed)
     for i in range(args.train_batches):
         learner.learn_many(TASK, train_texts[16 * i:16 * i + 16], train_labels[16 * i:16 * i + 16])
+    from serving.config import ServeConfig
+
+    defaults = ServeConfig()   # the serving defaults unless the caller names others
+    precision = getattr(args, "precision", None) or defaults.precision
+    trace = defaults.trace if getattr(args, "trace", None) is None else args.trace
     base = base_classifier(args.model or default_model_path(), max_length=learner.config.max_length,
-                           device=torch.device(learner.device))
+                           device=torch.device(learner.device), precision=precision, trace=trace)
     serving = ModelSnapshot.from_artifact(artifact_from_learner(learner), base)
     need = 2 * args.singles + args.under_training + 2 * args.batch_texts + 8
     unseen = _unseen(need)
@@ -97,6 +102,9 @@ def run(args: argparse.Namespace) -> dict:
     probas, unseen = unseen[:args.singles], unseen[args.singles:]
     result = {
         "mode": args.mode,
+        "precision": precision,
+        "trace": trace,
+        "dtype": str(next(base.encoder.parameters()).dtype),
         "labels": len(learner.labels(TASK)),
         "single": summary(_timed(lambda t: serving.predict_many(TASK, [t]), singles)),
         "single_proba": summary(_timed(lambda t: serving.predict_proba(TASK, [t]), probas)),
@@ -128,6 +136,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one-text predictions timed while the model thread trains (0: skip)")
     p.add_argument("--train-batches", type=int, default=10, help="micro-batches learned first")
     p.add_argument("--mode", default="head", choices=["head", "lora", "full"])
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="serving copy's precision (default: SERVE_PRECISION's default)")
+    p.add_argument("--trace", default=None, type=lambda v: v.lower() in ("1", "true", "yes"),
+                   help="trace the serving encoder (default: SERVE_TRACE's default)")
     p.add_argument("--model", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
