@@ -105,10 +105,16 @@ def wake_fetcher_on_buffer_drop() -> bool:
                 drained = _drained(self)
                 drained.clear()
                 self.not_waiting_next_records.set()
+                # Faust's sleep(1) ends early when the consumer stops; so does this wait.
+                stopped = getattr(self, "_stopped", None)
+                waits = [asyncio.ensure_future(e.wait()) for e in (drained, stopped)
+                         if e is not None]
                 try:
-                    await asyncio.wait_for(drained.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
+                    await asyncio.wait(waits, timeout=timeout,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
                 active = self._get_active_partitions()
                 if not active:
                     return {}, active

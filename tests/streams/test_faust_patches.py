@@ -69,6 +69,20 @@ def test_with_nothing_drained_the_wait_ends_at_its_timeout_with_no_records():
     assert fetcher.not_waiting_next_records.is_set()
 
 
+def test_a_stopping_consumer_ends_the_wait_at_once():
+    wake_fetcher_on_buffer_drop()
+    fetcher = _Fetcher(active=set(), buffered={A})
+
+    async def scenario():
+        fetcher._stopped = asyncio.Event()
+        waiting = asyncio.ensure_future(Consumer._wait_next_records(fetcher, 3600.0))
+        await asyncio.sleep(0.05)
+        fetcher._stopped.set()
+        return await asyncio.wait_for(waiting, timeout=10)
+
+    assert asyncio.run(scenario()) == ({}, set())
+
+
 def test_with_no_partition_paused_the_fetch_keeps_faust_timeout():
     wake_fetcher_on_buffer_drop()
     fetcher = _Fetcher(active={A, B}, buffered=set())
