@@ -14,7 +14,8 @@ Three kinds, one detector each (River's detectors for the error stream, not rewr
 The tests cost milliseconds for labels and ~6 ms for embeddings (700 points, float32, one
 core) with no drift, ~20 ms when 1,000 permutations run to the end; they stop early once the
 p-value is sure to stay above the threshold (no drift: after 50 permutations). The worker runs
-the embedding test on its model thread, never on the event loop. After a detection the reference is rebuilt from the events that follow (the new regime).
+the embedding test on its model thread, never on the event loop. After a detection the
+reference is rebuilt from the events that follow (the new regime).
 
 >>> import numpy as np
 >>> d = LabelShift(reference=60, window=60, every=20, p_value=0.01, permutations=200, seed=0)

@@ -80,13 +80,13 @@ def wake_fetcher_on_buffer_drop() -> bool:
         return True
     needed = ("_wait_next_records", "on_buffer_drop", "_get_active_partitions",
               "_buffered_partitions", "not_waiting_next_records", "flow_active")
-    original_wait = Consumer._wait_next_records
-    original_drop = Consumer.on_buffer_drop
     if not all(hasattr(Consumer, n) or n in getattr(Consumer, "__annotations__", {})
                for n in needed):
         log.warning("this faust-streaming has no flow-control hooks to patch; a paused "
                     "partition may wait up to 1 s after its buffer drains")
         return False
+    original_wait = Consumer._wait_next_records
+    original_drop = Consumer.on_buffer_drop
 
     def _drained(consumer) -> asyncio.Event:
         event = consumer.__dict__.get("_streamlearner_drained")
