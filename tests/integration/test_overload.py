@@ -1,5 +1,7 @@
-"""Overload: producers publish far faster (≥ 10×) than the learner can learn, for a sustained
-burst. Backpressure must hold: the worker's memory stays under a bound (its consumer stops
+"""Overload: producers publish far faster than the learner can learn (7-100x measured, by
+machine and load), for a sustained burst. The test's precondition is the backlog itself, not a
+speed ratio between two processes on shared cores: the consumer lag must peak at over half the
+burst and above the worker's fetch buffer. Backpressure must hold: the worker's memory stays under a bound (its consumer stops
 fetching when its buffers are full, the backlog waits in Kafka), consumer lag grows during the
 burst and drains to 0 after it, and nothing is dropped — one prediction per published event,
 every labeled event trained on once."""
@@ -28,6 +30,7 @@ from .test_worker_e2e import counters
 # memory and its features, allocator pools), not the backlog: STREAM_BUFFER_EVENTS (256) caps
 # the events fetched ahead of the agent, the rest waits in Kafka.
 MAX_RSS_GROWTH_MB = 400
+BUFFER_EVENTS = 256  # STREAM_BUFFER_EVENTS, the default the worker runs with here
 WARMUP = 64         # events (two micro-batches) before the idle RSS is read
 
 
@@ -107,8 +110,8 @@ class Sampler:
 
 
 @pytest.mark.parametrize("n_events, pad_bytes", [
-    # 1,000 events as fast as the producer goes (thousands/s, >100x the learner): 25-50 s of
-    # backlog.
+    # 1,000 events as fast as the producer goes (thousands/s; the learner, in head mode, some
+    # hundreds/s): seconds to tens of seconds of backlog.
     (1000, 0),
     # 6,000 events of ~8 KB (50 MB), about three minutes of learning: the backlog is far more
     # than the worker buffers, so memory shows whether the buffers are bounded.
@@ -172,14 +175,16 @@ def test_overload_bounded_memory_nothing_dropped(broker, worker_env, start_worke
           f"peak {sampler.peak_rss:.0f} MB (+{growth:.0f} MB, bound +{MAX_RSS_GROWTH_MB} MB); "
           f"updates {c['updates'] - c0['updates']:.0f}")
 
-    assert producer_rate >= 10 * burst_rate, (producer_rate, burst_rate)
+    # Overload really happened: the backlog outgrew the worker's fetch buffer and waited in
+    # Kafka (the lag is what defines overload; the producer/learner ratio is only reported).
+    assert sampler.peak_lag >= max(n_events / 2, 2 * BUFFER_EVENTS), (
+        sampler.peak_lag, producer_rate, burst_rate)
     # Nothing dropped: one prediction per event, every labeled event trained on once.
     assert c["accepted"] - c0["accepted"] == n_events
     assert c["predictions"] - c0["predictions"] == n_events
     assert c["new_samples"] - c0["new_samples"] == n_events
     assert c["invalid"] == c["dead"] == c["duplicate"] == repeats == 0
-    # Backpressure: the backlog waited in Kafka (lag grew), then drained.
-    assert sampler.peak_lag >= n_events / 2, sampler.peak_lag
+    # Backpressure: the backlog drained.
     assert lag(worker.metrics_url, topic) == 0
     # ... and the worker's memory stayed bounded.
     assert growth < MAX_RSS_GROWTH_MB, (idle_rss, sampler.peak_rss)
