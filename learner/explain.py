@@ -19,6 +19,7 @@ Run it where the model lives (the worker's model thread): it is not thread-safe.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,12 @@ class Explainer:
         if not text or not text.strip():
             raise ValueError("text must not be empty")
         started = time.perf_counter()
+        exclusive = getattr(self.learner, "exclusive", contextlib.nullcontext)
+        with exclusive():   # a serving snapshot: no concurrent eager scoring through the hooks
+            return self._explain(task, text, label, method, labels, started)
+
+    def _explain(self, task: str, text: str, label: str | None, method: str,
+                 labels: list[str], started: float) -> Explanation:
         model = self.learner.model
         was_training = model.training
         model.eval()

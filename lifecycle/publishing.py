@@ -113,10 +113,22 @@ def base_model_id(learner_or_model: Any) -> str:
     model = getattr(learner_or_model, "model", learner_or_model)
     encoder = model.encoder
     base = getattr(encoder, "get_base_model", lambda: encoder)()
+    name = str(getattr(model, "path", "") or getattr(base.config, "_name_or_path", "model"))
+    # The config's JSON (a deep copy of the config, then a dump) cost 2% of the worker's model
+    # thread when every head-mode update built the serving copy's artifact: kept on the model,
+    # keyed by what it was computed from.
+    key = (id(base.config), name)
+    cached = getattr(model, "_base_model_id", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     config = base.config.to_json_string(use_diff=False)
     digest = hashlib.sha256(config.encode()).hexdigest()[:16]
-    name = str(getattr(model, "path", "") or getattr(base.config, "_name_or_path", "model"))
-    return f"{name.rstrip('/').rsplit('/', 1)[-1]}@{digest}"
+    ident = f"{name.rstrip('/').rsplit('/', 1)[-1]}@{digest}"
+    try:
+        model._base_model_id = (key, ident)
+    except AttributeError:   # a model that takes no new attributes: computed each time
+        pass
+    return ident
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,11 @@ class Served:
     features: "torch.Tensor | None" = None   # (len(samples), H) in head mode
     invalid: int = 0
     duplicate: int = 0
+    # What :meth:`Serving.publish` hands to the outputs: the predictions (key, record) and
+    # what explanations need (the snapshot that served, the accepted events, their top label).
+    predictions: list[tuple[str, Prediction]] = field(default_factory=list)
+    explain: "tuple[ModelSnapshot, list, list] | None" = None
+    task: str = ""
 
 
 class Serving:
@@ -78,9 +83,19 @@ class Serving:
                      deliveries: list[Awaitable[Any]]) -> Served:
         """Serve one batch; the outputs' deliveries are appended to ``deliveries`` (the caller
         awaits them before anything learns from the batch or acknowledges it)."""
+        served = await self.predict(task, batch, deliveries)
+        await self.publish(served, deliveries)
+        return served
+
+    async def predict(self, task: str, batch: Sequence[RawEvent],
+                      deliveries: list[Awaitable[Any]]) -> Served:
+        """The first half of :meth:`handle`: admit the batch (dead letters handed to their
+        output at once, into ``deliveries``) and predict it; its predictions wait in the
+        result for :meth:`publish`. The all-in-one worker publishes them in the learning tail,
+        so the serving thread starts on the next batch while the loop publishes this one."""
         admission = admit(batch, task=task, limits=self.limits, dedup=self.dedup,
                           received_at=time.time(), labels=self.task_labels.get(task))
-        served = Served(duplicate=len(admission.duplicates))
+        served = Served(duplicate=len(admission.duplicates), task=task)
         for raw, reason, message in admission.rejected:
             deliveries.append(await self._dead_letter(raw, reason, message))
         served.invalid = len(admission.rejected)
@@ -103,18 +118,30 @@ class Serving:
         now = time.time()
         top = scores.top()
         for (raw, event), (label, confidence) in zip(accepted, top):
-            record = Prediction(id=event.id, task=task, label=label, confidence=float(confidence),
-                                model_version=scores.model_version, ts=now)
-            deliveries.append(await self.outputs.predictions(event.id, record))
+            served.predictions.append((event.id, Prediction(
+                id=event.id, task=task, label=label, confidence=float(confidence),
+                model_version=scores.model_version, ts=now)))
             served.samples.append(Sample(
                 id=event.id, task=task, text=event.text, label=event.label, ts=event.ts,
                 topic=raw.topic, partition=raw.partition, offset=raw.offset,
                 timestamp=raw.timestamp, predicted=label, confidence=float(confidence),
                 model_version=scores.model_version))
-        self.metrics.predictions.labels(task=task).inc(len(accepted))
         served.features = scores.features
-        deliveries += await self._explain_sample(snapshot, task, accepted, top)
+        served.explain = (snapshot, accepted, top)
         return served
+
+    async def publish(self, served: Served, deliveries: list[Awaitable[Any]]) -> None:
+        """The second half of :meth:`handle`: hand ``served``'s predictions (and a sampled
+        fraction of explanations) to their outputs; the deliveries go into ``deliveries``."""
+        predictions, served.predictions = served.predictions, []   # once, whoever calls twice
+        for key, record in predictions:
+            deliveries.append(await self.outputs.predictions(key, record))
+        if predictions:
+            self.metrics.predictions.labels(task=served.task).inc(len(predictions))
+        if served.explain is not None:
+            snapshot, accepted, top = served.explain
+            served.explain = None
+            deliveries += await self._explain_sample(snapshot, served.task, accepted, top)
 
     async def _score(self, snapshot: "ModelSnapshot", task: str,
                      accepted: list[tuple[RawEvent, Event]]):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -37,6 +38,84 @@ __all__ = ["ModelSnapshot", "Scores", "TracedEncoder", "base_classifier", "servi
 log = logging.getLogger(__name__)
 
 _CHUNK = 256   # texts per forward pass: bounds activation memory
+
+
+class PerThreadTokenizer:
+    """A tokenizer that several threads may call at once: each thread calls its own copy.
+
+    An HF fast tokenizer keeps its truncation and padding settings in the Rust object, and a
+    call that changes them borrows it mutably, so two threads tokenizing at once can fail
+    ("Already borrowed"). A copy costs ~30 ms and a few MB, once per thread."""
+
+    def __init__(self, tokenizer) -> None:
+        self._original = tokenizer
+        self._local = threading.local()
+
+    def _mine(self):
+        tok = getattr(self._local, "tokenizer", None)
+        if tok is None:
+            tok = self._local.tokenizer = copy.deepcopy(self._original)
+        return tok
+
+    def __call__(self, *args, **kwargs):
+        return self._mine()(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("_original", "_local"):
+            raise AttributeError(name)
+        return getattr(self._mine(), name)
+
+    def __deepcopy__(self, memo) -> "PerThreadTokenizer":
+        return PerThreadTokenizer(copy.deepcopy(self._original, memo))
+
+    def __reduce__(self):
+        return PerThreadTokenizer, (self._original,)
+
+
+class SharedLock:
+    """Many shared holders or one exclusive holder; a waiting exclusive holder goes first.
+
+    Scoring takes it shared and explaining exclusive: Captum's layer attributions hook the
+    eager encoder's embedding layer, which a concurrent eager forward pass would go through."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+_EAGER = SharedLock()   # one per process: head-mode snapshots share their base's encoder
 
 
 @dataclass(frozen=True)
@@ -91,6 +170,7 @@ def base_classifier(path: str, *, max_length: int, device: torch.device,
     weights in the dtype :func:`serving_dtype` picks for ``precision``; with ``trace`` (a
     CPU), head-mode snapshots over it run the encoder as a checked trace (:func:`traced`)."""
     model = TextClassifier(path, max_length=max_length).to(device)
+    model.tokenizer = PerThreadTokenizer(model.tokenizer)   # serving may run on several threads
     dtype = serving_dtype(precision, device)
     model.encoder.to(dtype)
     model.encoder.requires_grad_(False)
@@ -219,7 +299,9 @@ def _shell(base: TextClassifier) -> TextClassifier:
 
 
 class ModelSnapshot:
-    """One version of a model, ready to answer. Not thread-safe: use it on one thread."""
+    """One version of a model, ready to answer. Several threads may score with it at once
+    (the serving base's tokenizer is per thread, :class:`PerThreadTokenizer`); an explanation
+    holds :meth:`exclusive` against eager scoring."""
 
     def __init__(self, model: TextClassifier, labels: dict[str, list[str]], version: int, *,
                  mode: str, name: str = "teacher", published_ts: float | None = None,
@@ -292,7 +374,8 @@ class ModelSnapshot:
         texts = list(texts)
         labels = self._labels.get(task, [])
         keep = self.mode == "head"
-        with torch.inference_mode(), self._autocast():
+        eager = _EAGER.shared() if self.fast is None else contextlib.nullcontext()
+        with eager, torch.inference_mode(), self._autocast():
             if features is None and (labels or keep) and texts:
                 lanes = lanes_for(torch.get_num_threads()) if self.device.type == "cpu" else None
                 features = torch.cat([self.model.encode(texts[i:i + _CHUNK], lanes=lanes,
@@ -305,6 +388,11 @@ class ModelSnapshot:
                 probs = torch.zeros(len(texts), len(labels))
         return Scores(labels=list(labels), probs=probs, features=features if keep else None,
                       model_version=self.model_version)
+
+    def exclusive(self) -> contextlib.AbstractContextManager:
+        """Held while explaining: no eager scoring runs meanwhile (the attribution's hooks
+        are on the eager encoder; a traced encoder is not affected)."""
+        return _EAGER.exclusive()
 
     def predict_many(self, task: str, texts: Sequence[str]):
         """``learner.Prediction`` per text, like :meth:`learner.Learner.predict_many`."""

@@ -18,6 +18,7 @@ Only this module knows every room.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -113,57 +114,97 @@ class _Flow:
 class WorkerFlow(_Flow):
     """All-in-one: serve the batch, deliver its outcomes, learn from it, settle its ack.
 
-    Pipelined one batch deep: batch n+1 is served (the serving thread encodes it) while batch
-    n's outcomes are delivered and the model learns from it (the model thread), so neither
-    thread waits for the other. Every event is still predicted before it is learned; a
-    prediction comes from the newest version whose batch has finished learning (at most one
-    batch behind a strictly sequential loop). Learning and acks stay in batch order. Serving
-    drops ids with its own best-effort copy of the dedup state; the trainer's exact dedup
-    (checkpointed) only holds ids that were learned, so a batch that was served but not yet
-    learned when a checkpoint was written is never mistaken for a redelivery after a crash.
+    Pipelined: up to ``lanes`` batches are predicted side by side, each on a serving thread
+    of its own (one intra-op thread each), and up to ``depth`` predicted batches wait for
+    their tail (publish and deliver the predictions, learn on the model thread, settle the
+    ack), which runs behind, one batch after the other. Measured on 2 cores: with one serving
+    thread whose batches were split into sub-batches across the cores, every moment the
+    event loop or the model thread took a core stalled the whole batch, and the serving
+    thread was also idle while the previous tail finished; two whole batches side by side
+    share the cores in proportion instead (docs/performance.md).
+
+    Every event is still predicted before it is learned; a prediction comes from the newest
+    version whose batch had finished learning when the batch was admitted (at most
+    ``lanes + depth`` batches behind a strictly sequential loop). Admission (and so the
+    serving dedup), publishing, learning and acks stay in batch order. Serving drops ids with
+    its own best-effort copy of the dedup state; the trainer's exact dedup (checkpointed)
+    only holds ids that were learned, so a batch that was served but not yet learned when a
+    checkpoint was written is never mistaken for a redelivery after a crash.
     """
 
-    def __init__(self, serving, trainer, *, pipelined: bool = True) -> None:
+    def __init__(self, serving, trainer, *, pipelined: bool = True, depth: int = 2,
+                 lanes: int = 1) -> None:
         super().__init__(trainer.latch, trainer.lock)
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.serving = serving
         self.trainer = trainer
         self.pipelined = pipelined
+        self.depth = depth
+        self.lanes = lanes
         self._serve_lock = asyncio.Lock()
         self._tail: asyncio.Future | None = None   # the last batch's delivery + learning
+        self._tails: collections.deque = collections.deque()   # (tail, events) not done
+        self._predicting: collections.deque = collections.deque()   # predictions running
+        self._waiting_events = 0
+
+    def _in_flight(self) -> int:
+        while self._tails and self._tails[0][0].done():
+            self._waiting_events -= self._tails.popleft()[1]
+        return len(self._tails)
 
     async def handle(self, task: str, batch: Sequence, ack=None) -> Report:
-        """Serve ``batch`` now; its learning runs behind (``Report.learning``, awaited by the
-        next batch before it starts learning, or here when not ``pipelined``)."""
+        """Admit ``batch`` and start predicting it; its tail runs behind (``Report.learning``,
+        whose report has the batch's counts), after the batches before it, or here when not
+        ``pipelined``. Returns once fewer than ``lanes`` predictions run and at most
+        ``depth`` batches wait for their tail."""
         if self.refused():
             return Report(refused=True)
         async with self._serve_lock:
             if self.refused():
                 return Report(refused=True)
             deliveries: list = []
-            try:
-                served = await self.serving.handle(task, batch, deliveries)
-            except Exception as exc:
-                _close_unstarted(deliveries)
-                self.stage = "predict"
-                return self.failed(exc, self.trainer.durability.acks.pending_events
-                                   + len(batch))
-            previous = self._tail
-            if previous is not None:   # one batch deep: the previous one finishes first
-                await asyncio.wait([previous])
-            tail = asyncio.ensure_future(self._learn(task, batch, served, deliveries, ack))
+            # A task of its own, so that the next batch can start while this one is encoded;
+            # tasks start in order, and admission runs before the first await: in batch order.
+            served = asyncio.ensure_future(self.serving.predict(task, batch, deliveries))
+            tail = asyncio.ensure_future(self._learn(self._tail, served, task, batch,
+                                                     deliveries, ack))
             self._tail = tail
+            self._tails.append((tail, len(batch)))
+            self._waiting_events += len(batch)
+            self._predicting.append(served)
+            while self._predicting and self._predicting[0].done():
+                self._predicting.popleft()
+            while len(self._predicting) >= self.lanes:   # the oldest first
+                await asyncio.wait([self._predicting.popleft()])
+            while self._in_flight() > self.depth:
+                await asyncio.wait([self._tails[0][0]])
         if not self.pipelined:
             return await tail
-        return Report(accepted=len(served.samples), invalid=served.invalid,
-                      duplicate=served.duplicate, learning=tail,
-                      model_version=self.serving.models.model_version)
+        return Report(learning=tail, model_version=self.serving.models.model_version)
 
-    async def _learn(self, task: str, batch: Sequence, served, deliveries: list,
-                     ack) -> Report:
+    async def _learn(self, previous: asyncio.Future | None, served_future: asyncio.Future,
+                     task: str, batch: Sequence, deliveries: list, ack) -> Report:
         from streams.outputs import deliver_all
+
+        if previous is not None:   # in batch order: the batch before finishes first
+            await asyncio.wait([previous])
+        try:
+            served = await served_future
+        except Exception as exc:
+            _close_unstarted(deliveries)
+            if self.refused():   # failed or draining already: this batch waits unacked too
+                return Report(refused=True)
+            self.stage = "predict"
+            self._in_flight()
+            return self.failed(exc, self.trainer.durability.acks.pending_events
+                               + self._waiting_events)
 
         async def body() -> Report:
             self.stage = "publish"
+            await self.serving.publish(served, deliveries)
             await deliver_all(deliveries)   # every outcome out before the model learns
             self.stage = "learn"
             trained = await self.trainer.learn(task, served.samples, features=served.features,
@@ -508,7 +549,7 @@ def assemble_worker(settings: Settings, *, metrics, latch, model_thread, serving
     artifact = model_thread.call(artifact_from_learner, trainer.learner)
     serving.models.swap(serving_thread.call(ModelSnapshot.from_artifact, artifact, base))
     serving_thread.call(serving.models.maybe_reload_student)
-    return WorkerFlow(serving, trainer)
+    return WorkerFlow(serving, trainer, lanes=getattr(serving_thread, "workers", 1))
 
 
 def _source_agents(app, settings: Settings, handle) -> None:
@@ -560,10 +601,31 @@ def _trainer_timers(app, trainer) -> None:
             log.exception("could not announce the resumed model version")
 
 
+def serving_lanes(settings: Settings) -> tuple[int, int | None]:
+    """(serving threads, torch threads each; None: the process's) of the worker (SERVE_LANES:
+    0 is one per torch thread on a CPU, 1 on an accelerator)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    lanes = settings.serve.lanes
+    if lanes == 0:
+        device = settings.learner.device
+        on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        lanes = threads if on_cpu else 1
+    if lanes <= 1:
+        return 1, None
+    return lanes, max(1, threads // lanes)
+
+
 def _threads(settings: Settings):
+    import torch
+
     from streams.handoff import ModelThread
 
-    return ModelThread(queue_size=settings.stream.handoff_queue)
+    # Its intra-op thread count pinned now: a thread that sets its own (serving lanes) also
+    # changes the default of threads started after it (this torch build's OpenMP runtime).
+    return ModelThread(queue_size=settings.stream.handoff_queue,
+                       torch_threads=torch.get_num_threads())
 
 
 # -- the roles --------------------------------------------------------------------------------
@@ -580,8 +642,10 @@ def build_worker(settings: Settings) -> Role:
     latch = FailStop(metrics)
     policy = delivery_policy(settings.stream)
     model_thread = _threads(settings)
-    serving_thread = ModelThread(queue_size=max(2, settings.stream.handoff_queue),
-                                 name="streamlearner-serving")
+    lanes, per_lane = serving_lanes(settings)
+    serving_thread = ModelThread(queue_size=max(2, settings.stream.handoff_queue) + lanes - 1,
+                                 name="streamlearner-serving", workers=lanes,
+                                 torch_threads=per_lane)
     flow_ref: list = []
     app = create_app(settings, app_id=settings.kafka.app_id,
                      data_dir=str(CheckpointLayout(settings.checkpoint.dir).faust_data()),

@@ -33,13 +33,30 @@ def _no_stop_iteration(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         raise RuntimeError(f"{getattr(fn, '__name__', fn)!r} raised StopIteration") from e
 
 
+def _set_torch_threads(n: int) -> None:
+    """A pool thread's own intra-op thread count (OpenMP keeps it per thread)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
 class ModelThread:
-    def __init__(self, queue_size: int = 2, name: str = "streamlearner-model"):
+    """``workers`` threads (default one: the learner is not thread-safe) behind a bounded
+    queue. Several workers run jobs side by side, so only for thread-safe jobs (serving's
+    snapshots), each worker with ``torch_threads`` intra-op threads of its own."""
+
+    def __init__(self, queue_size: int = 2, name: str = "streamlearner-model", *,
+                 workers: int = 1, torch_threads: int | None = None):
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        self.queue_size = queue_size
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
-                                                               thread_name_prefix=name)
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.queue_size = max(queue_size, workers)
+        self.workers = workers
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=name,
+            initializer=_set_torch_threads if torch_threads is not None else None,
+            initargs=(torch_threads,) if torch_threads is not None else ())
         # One semaphore per event loop: Faust and tests may each run their own loop.
         self._slots: dict[int, asyncio.Semaphore] = {}
         self._lock = threading.Lock()

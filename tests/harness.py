@@ -166,7 +166,11 @@ def make_worker(tmp_path, model_dir: str, *, broker: Broker | None = None,
     def out(topic):
         return Output(topic, broker.sender(topic), metrics=metrics, policy=policy)
 
-    model_thread, serving_thread = ModelThread(), ModelThread(name="test-serving")
+    from streamlearner.roles import serving_lanes
+
+    lanes, per_lane = serving_lanes(settings) if "SERVE_LANES" in env else (1, None)
+    model_thread = ModelThread()
+    serving_thread = ModelThread(name="test-serving", workers=lanes, torch_threads=per_lane)
     flow = assemble_worker(
         settings, metrics=metrics, latch=FailStop(metrics), model_thread=model_thread,
         serving_thread=serving_thread,

@@ -121,3 +121,114 @@ def test_a_trace_that_disagrees_with_the_encoder_is_not_used(tiny_model_dir, mon
 
 def test_trace_setting_defaults_on():
     assert ServeConfig().trace is True
+
+
+# -- serving lanes: whole batches side by side on serving threads of their own ---------------
+
+def test_lanes_setting_is_validated_and_resolved(monkeypatch):
+    from streamlearner.roles import serving_lanes
+    from streamlearner.settings import Settings, SettingsError
+
+    assert ServeConfig().lanes == 0
+    with pytest.raises(ValueError, match="lanes"):
+        ServeConfig(lanes=-1)
+    with pytest.raises(SettingsError, match="SERVE_LANES"):
+        Settings.from_env({"SERVE_LANES": "-2"})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert serving_lanes(Settings.from_env({"LEARNER_DEVICE": "cpu"})) == (4, 1)
+    assert serving_lanes(Settings.from_env({"LEARNER_DEVICE": "cpu", "SERVE_LANES": "2"})) == (2, 2)
+    assert serving_lanes(Settings.from_env({"SERVE_LANES": "1"})) == (1, None)
+    assert serving_lanes(Settings.from_env({"LEARNER_DEVICE": "cuda"})) == (1, None)
+
+
+def test_each_thread_tokenizes_with_its_own_copy(tiny_model_dir):
+    import copy
+    import pickle
+
+    from serving.snapshot import PerThreadTokenizer
+
+    base = base_classifier(tiny_model_dir, max_length=32, device=torch.device("cpu"))
+    tok = base.tokenizer
+    assert isinstance(tok, PerThreadTokenizer)
+    expected = tok(TEXTS, truncation=True, max_length=16)["input_ids"]
+    seen, results, errors = set(), [], []
+
+    def work(max_length):
+        try:
+            for _ in range(20):
+                out = tok(TEXTS, truncation=True, max_length=max_length)["input_ids"]
+            seen.add(id(tok._mine()))
+            results.append((max_length, out))
+        except Exception as exc:   # pragma: no cover - what the copies prevent
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (16, 24, 16, 24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(seen) == 4                  # one copy per thread
+    assert all(out == expected for n, out in results if n == 16)
+    assert tok.pad_token_id == tok._original.pad_token_id   # attributes pass through
+    for clone in (copy.deepcopy(tok), pickle.loads(pickle.dumps(tok))):
+        assert isinstance(clone, PerThreadTokenizer)
+        assert clone(TEXTS[:2])["input_ids"] == tok(TEXTS[:2])["input_ids"]
+
+
+def test_an_explanation_excludes_eager_scoring_but_not_other_scoring():
+    from serving.snapshot import SharedLock
+
+    lock = SharedLock()
+    events = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def explain():
+        with lock.exclusive():
+            events.append("explain in")
+            inside.set()
+            release.wait(5)
+            events.append("explain out")
+
+    def score(name):
+        with lock.shared():
+            events.append(name)
+
+    with lock.shared(), lock.shared():    # shared holders together
+        pass
+    t = threading.Thread(target=explain)
+    t.start()
+    assert inside.wait(5)
+    s = threading.Thread(target=score, args=("score",))
+    s.start()
+    s.join(0.2)
+    assert s.is_alive()                   # waits for the explanation
+    release.set()
+    t.join(5)
+    s.join(5)
+    assert events == ["explain in", "explain out", "score"]
+
+
+def test_serving_threads_run_batches_side_by_side_each_with_its_own_torch_threads():
+    import asyncio
+
+    from streams.handoff import ModelThread
+
+    with pytest.raises(ValueError, match="workers"):
+        ModelThread(workers=0)
+    barrier = threading.Barrier(2, timeout=10)
+
+    def job():
+        barrier.wait()            # both jobs must run at once, or this times out
+        return torch.get_num_threads()
+
+    async def main():
+        with ModelThread(name="test-lanes", workers=2, torch_threads=1) as pool:
+            assert pool.queue_size >= 2
+            return await asyncio.gather(pool.run(job), pool.run(job))
+
+    before = torch.get_num_threads()
+    try:
+        assert asyncio.run(main()) == [1, 1]
+    finally:   # a thread's count is also the default of threads started later: restore it
+        torch.set_num_threads(before)

@@ -209,10 +209,11 @@ async def test_pipelined_batches_learn_in_order_and_a_crash_loses_none(make_pipe
     import shutil
 
     pipe, _ = make_pipeline(every=1)
+    pipe.flow.depth = 1
     acks = Acks()
     first = await pipe.handle_pipelined("feedback", labeled(["a", "b"]), acks("0"))
     second = await pipe.handle_pipelined("feedback", labeled(["c", "d"], 2), acks("1"))
-    assert first.learning.done()            # the next batch's learning waits for it
+    assert first.learning.done()            # one deep: the next batch waits for it
     assert (await first.learning).trained == 2
     # "Crash" now: batch 1 was served (its ids are in serving's dedup), not learned yet.
     crashed = tmp_path / "crashed"
@@ -232,6 +233,89 @@ async def test_pipelined_batches_learn_in_order_and_a_crash_loses_none(make_pipe
     pipe2.model.call(lambda: None)
     counts = pipe2.journal.trained_counts()
     assert {i: n for (_, i), n in counts.items()} == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+async def test_two_deep_serving_runs_ahead_and_learns_in_batch_order(make_pipeline):
+    """The default depth (2): batch n+2 is served while batches n and n+1 wait to learn; the
+    third handle returns only once the first has learned. Predictions, learning and acks stay
+    in batch order, and each event is predicted before it is learned."""
+    pipe, _ = make_pipeline(every=1)
+    assert pipe.flow.depth == 2
+    acks = Acks()
+    reports = []
+    for n, ids in enumerate((["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"])):
+        reports.append(await pipe.handle_pipelined("feedback", labeled(ids, 2 * n), acks(str(n))))
+        if n >= 2:
+            assert reports[n - 2].learning.done()     # at most two wait to learn
+    results = [await r.learning for r in reports]
+    assert [r.trained for r in results] == [2, 2, 2, 2]
+    assert acks.done == ["0", "1", "2", "3"]
+    assert pipe.broker.keys(pipe.settings.kafka.predictions_topic) == list("abcdefgh")
+    pipe.model.call(lambda: None)
+    assert [i for _, i in pipe.journal.trained_counts()] == list("abcdefgh")
+    pipe.close()
+
+
+async def test_two_serving_lanes_predict_side_by_side_and_keep_batch_order(make_pipeline):
+    """SERVE_LANES=2: two batches are predicted at once, each on a serving thread of its own;
+    admission (dedup), predictions, learning and acks stay in batch order, nothing twice."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        pipe, _ = make_pipeline(every=1, SERVE_LANES=2, LEARNER_DEVICE="cpu")
+        assert pipe.flow.lanes == 2 and pipe.serving.thread.workers == 2
+        acks = Acks()
+        batches = [["a", "b", "c"], ["d", "e"], ["f", "a"], ["g", "h", "i"], ["j"], ["k", "l"]]
+        reports, offset = [], 0
+        for n, ids in enumerate(batches):
+            reports.append(await pipe.handle_pipelined("feedback", labeled(ids, offset),
+                                                       acks(str(n))))
+            offset += len(ids)
+        results = [await r.learning for r in reports]
+        assert [r.trained for r in results] == [3, 2, 1, 3, 1, 2]
+        assert results[2].duplicate == 1                       # "a" again, dropped in order
+        assert acks.done == [str(n) for n in range(len(batches))]
+        assert pipe.broker.keys(pipe.settings.kafka.predictions_topic) == list("abcdefghijkl")
+        pipe.model.call(lambda: None)
+        assert [i for _, i in pipe.journal.trained_counts()] == list("abcdefghijkl")
+    finally:
+        torch.set_num_threads(before)
+
+
+async def test_a_failed_prediction_with_two_lanes_refuses_what_follows(make_pipeline,
+                                                                       monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        pipe, _ = make_pipeline(every=1, SERVE_LANES=2, LEARNER_DEVICE="cpu")
+        acks = Acks()
+        first = await pipe.handle_pipelined("feedback", labeled(["a"]), acks("0"))
+        assert (await first.learning).trained == 1
+
+        def boom(*args, **kwargs):
+            raise RuntimeError("serving bug")
+
+        monkeypatch.setattr(pipe.serving.models.current, "score", boom)
+        second = await pipe.handle_pipelined("feedback", labeled(["b"], 1), acks("1"))
+        third = await pipe.handle_pipelined("feedback", labeled(["c"], 2), acks("2"))
+        assert (await second.learning).failed
+        assert third.refused or (await third.learning).refused
+        assert acks.done == ["0"] and pipe.failed
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_worker_flow_depth_is_checked():
+    from streamlearner.roles import WorkerFlow
+
+    class Trainer:
+        latch = None
+        lock = None
+
+    with pytest.raises(ValueError, match="depth"):
+        WorkerFlow(None, Trainer(), depth=0)
 
 
 async def test_a_failed_learning_refuses_the_batch_served_behind_it(make_pipeline, monkeypatch):
