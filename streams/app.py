@@ -206,6 +206,7 @@ def create_app(settings, *, app_id: str, data_dir: str, registry, latch: "FailSt
         # one attempt waits at most this long (Faust's default is 20 minutes), then
         # streams/outputs.py retries with backoff or stops the batch.
         producer_max_request_size=k.max_request_bytes,
+        producer_linger=k.producer_linger_ms / 1000.0,
         producer_request_timeout=k.producer_request_timeout_s,
         # Our Settings are the only configuration: Faust would otherwise read its own names
         # from the environment (WEB_PORT, BROKER_..., STREAM_BUFFER_MAXSIZE) over these

@@ -198,3 +198,18 @@ def test_worker_start_log_line_has_no_secret(sasl_env, caplog):
         logging.getLogger("streamlearner.roles").info("settings: %r", settings)
     assert "settings: Settings(" in caplog.text and SECRET not in caplog.text
     assert "sasl_password='***'" in caplog.text
+
+
+def test_the_producer_lingers_as_set(tmp_path):
+    """KAFKA_PRODUCER_LINGER_MS reaches Faust's producer (5 ms by default, as Apache Kafka 4)."""
+    from prometheus_client import CollectorRegistry
+
+    from streams.acks import FailStop
+    from streams.app import create_app
+
+    for env, expected in (({}, 0.005), ({"KAFKA_PRODUCER_LINGER_MS": "0"}, 0.0)):
+        settings = Settings.from_env({"CHECKPOINT_DIR": str(tmp_path), **env})
+        app = create_app(settings, app_id="sl-linger", data_dir=str(tmp_path / "faust"),
+                         registry=CollectorRegistry(), latch=FailStop())
+        assert app.conf.producer_linger == pytest.approx(expected)
+        assert app.producer.linger_ms == round(expected * 1000)
