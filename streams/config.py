@@ -72,12 +72,13 @@ class KafkaConfig:
     producer_request_timeout_s: float = field(default=30.0, metadata=_help(
         "How long one produce attempt may wait for the broker (metadata, acks) before it "
         "counts as failed and is retried (STREAM_OUTPUT_RETRIES)."))
-    producer_linger_ms: float = field(default=5.0, metadata=_help(
+    producer_linger_ms: float = field(default=0.0, metadata=_help(
         "How long the producer waits for more records before it sends a produce request "
-        "(linger.ms; 5 ms is Apache Kafka's default since 4.0, KIP-1030). A micro-batch's "
-        "outcomes then travel in one request instead of many: measured on the embedded "
-        "broker, the broker's CPU fell from 0.07 to 0.02 cores and the worker gained ~3%. "
-        "0 sends each record at once."))
+        "(linger.ms). 0 sends at once. 5 (Apache Kafka 4's default) sends a micro-batch's "
+        "outcomes in one request: on the embedded broker the worker gained ~3% and the "
+        "broker used a third of the CPU, but a serving replica waits for its batch's "
+        "deliveries before the next batch, and two bf16 replicas fell from 1.83x to 1.51x "
+        "one (bench/results/scale-linger5)."))
     auto_create_topics: bool = field(default=False, metadata=_help(
         "Let the worker's clients auto-create missing topics. Off: a missing output topic is "
         "an error (retried, then the worker stops unacknowledged) instead of a topic "
