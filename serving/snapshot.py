@@ -307,6 +307,8 @@ class ModelSnapshot:
                  mode: str, name: str = "teacher", published_ts: float | None = None,
                  fast: nn.Module | None = None) -> None:
         self.model = model.eval()
+        if not isinstance(getattr(model, "tokenizer", None), (PerThreadTokenizer, type(None))):
+            model.tokenizer = PerThreadTokenizer(model.tokenizer)   # e.g. a loaded student
         self.fast = fast   # the base encoder's checked trace (head mode), used for inference
         self._labels = {t: list(v) for t, v in labels.items()}
         self.model_version = version

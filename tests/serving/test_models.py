@@ -87,6 +87,8 @@ def test_student_hot_swap_and_a_task_born_after_it(tiny_learner, base, tmp_path)
     save_student(student, tmp_path, teacher_version=teacher.model_version)
     assert models.maybe_reload_student() and models.name == "student"
     assert not models.maybe_reload_student()                              # unchanged
+    from serving.snapshot import PerThreadTokenizer
+    assert isinstance(models.student.model.tokenizer, PerThreadTokenizer)   # several threads
     assert models.model_for("feedback") is models.student
     teacher.learn_many("news", ["shares fell", "shares rose"], ["down", "up"])
     models.swap(ModelSnapshot.from_artifact(artifact_from_learner(teacher), base))
