@@ -58,9 +58,23 @@ def cmd_role(args: argparse.Namespace) -> int:
         if ranks is None and nproc > 1:
             return launch([sys.executable, "-m", "streamlearner.cli", *args.argv], nproc,
                           failed=EXIT_FAILED)
-        if ranks is not None and not ranks.leader:
-            return follow(settings.learner, settings.memory, ranks)
+        if ranks is not None:
+            code = (run_role(args.command, settings, loglevel=args.loglevel) if ranks.leader
+                    else follow(settings.learner, settings.memory, ranks))
+            _end_rank(code)
     return run_role(args.command, settings, loglevel=args.loglevel)
+
+
+def _end_rank(code: int) -> None:
+    """A rank of a trainer ends here, without the interpreter's teardown. Its work is done
+    (checkpoint, journal, tracking closed; process group destroyed), but torch.distributed's
+    C++ threads can still be torn down in the wrong order at exit: in one clean-clone CI run a
+    rank 0 that had stopped cleanly then died of SIGABRT ("terminate called without an active
+    exception"), and the trainer's clean stop read as a failure (exit 3)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:

@@ -157,10 +157,29 @@ def test_replicas_and_trainer_survive_kills(broker, worker_env, tmp_path):
         versions = [v for _, v in probe.answers]
         assert max(versions) > min(versions)                       # replicas followed along
 
-        # 4. A late replica catches up at once with the newest of many versions.
-        published = [orjson.loads(r.value)
-                     for r in read_topic(broker.bootstrap, env["KAFKA_MODEL_VERSIONS_TOPIC"],
-                                         client_kwargs={})]
+        # 4. A late replica catches up at once with the newest of many versions. How many
+        # versions 360 events made depends on how updates fell between publications (those
+        # during a publication in flight are coalesced): top up with more labeled events
+        # until 50 are on the topic.
+        def versions() -> list[dict]:
+            return [orjson.loads(r.value)
+                    for r in read_topic(broker.bootstrap, env["KAFKA_MODEL_VERSIONS_TOPIC"],
+                                        client_kwargs={})]
+
+        published = versions()
+        for extra in range(6):
+            if len(published) >= 50:
+                break
+            more = banking_events(6, offset=6 * extra, prefix=f"scale-more{extra}")   # new ids
+            publish(broker.bootstrap, sources[0], payload(more), progress=False)
+            ids |= {e["id"] for e in more}
+            wait_until(lambda: set(_trained(train_ck)) >= ids, 120, 0.5,
+                       "the top-up events were not trained")
+            newest = int(metric_sum(scrape(trainer.metrics_url),
+                                    "streamlearner_learner_model_version"))
+            wait_until(lambda: all(_served(r) >= newest for r in survivors), 60, 0.5,
+                       "replicas did not move to the trainer's newest version")
+            published = versions()
         assert len(published) >= 50, len(published)
         launched = time.monotonic()
         late = start("serve", "serve-late")
