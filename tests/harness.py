@@ -218,10 +218,12 @@ class Acks:
         return ack
 
 
-def make_split(tmp_path, model_dir: str, *, broker: Broker | None = None, **env):
+def make_split(tmp_path, model_dir: str, *, broker: Broker | None = None,
+               pipelined: bool = False, **env):
     """A serving replica's flow and a trainer's flow over one in-memory broker:
     ``(serve_flow, train_flow, broker, registry)``; the samples the replica publishes are in
-    ``broker.records("samples")`` (SampleRecords)."""
+    ``broker.records("samples")`` (SampleRecords). Not ``pipelined`` (the replica's default):
+    ``serve.handle`` returns once the batch is delivered and acknowledged."""
     from serving.service import Outputs
     from streamlearner.roles import ServeFlow, TrainFlow, build_serving, build_trainer
     from streamlearner.settings import Settings
@@ -250,7 +252,8 @@ def make_split(tmp_path, model_dir: str, *, broker: Broker | None = None, **env)
         outputs=Outputs(predictions=out("predictions").publish,
                         dead_letters=out("dead-letters").publish,
                         samples=out("samples").publish))
-    serve = ServeFlow(serving, AckQueue(serve_latch, metrics), serving.outputs.samples)
+    serve = ServeFlow(serving, AckQueue(serve_latch, metrics), serving.outputs.samples,
+                      pipelined=pipelined)
     trainer = build_trainer(settings, metrics=metrics, latch=train_latch, thread=ModelThread(),
                             drift_alerts=out("drift-alerts").publish,
                             model_events=out("model-events").publish,

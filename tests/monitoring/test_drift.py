@@ -89,3 +89,34 @@ def test_sequential_tests_decide_as_the_full_ones(shift):
         full = chi2_test(ref, rec, 400, np.random.default_rng(seed))
         early = chi2_test(ref, rec, 400, np.random.default_rng(seed), stop_above=0.01)
         assert (full.p_value <= 0.01) == (early.p_value <= 0.01)
+
+
+def test_mmd_reference_reused_across_tests_gives_the_same_result():
+    from monitoring.drift import MMDReference
+
+    data = np.random.default_rng(7)
+    x, y = data.normal(size=(80, 6)), data.normal(0.5, size=(40, 6))
+    cached = MMDReference(x)
+    for seed in range(3):
+        fresh = mmd_test(x, y, 200, np.random.default_rng(seed))
+        again = mmd_test(cached, y, 200, np.random.default_rng(seed))
+        assert again.p_value == fresh.p_value
+        assert again.statistic == pytest.approx(fresh.statistic, rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        MMDReference(x[:1])
+
+
+def test_embedding_drift_rebuilds_its_reference_kernel_when_the_reference_changes():
+    data = np.random.default_rng(8)
+    d = EmbeddingDrift(reference=50, window=30, every=10, p_value=0.001, permutations=1000)
+    d.update(data.normal(size=(80, 4)))
+    first = d._reference
+    assert first is not None and len(first) == 50
+    d.update(data.normal(size=(10, 4)))
+    assert d._reference is first                       # reused while the reference holds
+    d.replace_reference(data.normal(size=(50, 4)) + 3.0)
+    assert d._reference is None                        # re-encoded rows: a new kernel
+    d.update(data.normal(size=(10, 4)) + 3.0)
+    assert d._reference is not first
+    d.reset_reference()
+    assert d._reference is None

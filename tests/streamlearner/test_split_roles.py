@@ -4,7 +4,9 @@ bad samples are dead-lettered, and the trainer's version reaches the replica."""
 
 from __future__ import annotations
 
-from tests.harness import Acks, labeled, make_split, raw, sample_events
+import asyncio
+
+from tests.harness import Acks, Broker, labeled, make_split, raw, sample_events
 
 
 async def test_samples_flow_from_replica_to_trainer_exactly_once(tiny_model_dir, tmp_path):
@@ -115,3 +117,54 @@ async def test_the_idle_timer_publishes_a_version_skipped_while_one_was_in_fligh
 
     *_, (_, last) = broker.records("model-versions")
     assert VersionRecord.from_json(last).version == 2
+
+
+class _HeldBroker(Broker):
+    """Deliveries held until the test settles them (``held``: their futures, in send order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+
+    def sender(self, topic):
+        async def send(key, record):
+            future = asyncio.get_running_loop().create_future()
+            self.topics.setdefault(topic, []).append((key, record))
+            self.held.append(future)
+            return future
+        return send
+
+
+async def test_a_pipelined_replica_acks_in_batch_order_once_delivered(tiny_model_dir, tmp_path):
+    broker = _HeldBroker()
+    serve, _, _, _ = make_split(tmp_path, tiny_model_dir, broker=broker, pipelined=True)
+    acks = Acks()
+    first = await serve.handle("feedback", labeled(["a", "b"]), acks("1"))
+    second = await serve.handle("feedback", labeled(["c", "d"], 2), acks("2"))
+    # Both batches were predicted and handed to the producer; nothing is delivered yet.
+    assert first.accepted == second.accepted == 2
+    assert broker.keys("samples") == ["a", "b", "c", "d"] and acks.done == []
+    assert not first.learning.done() and not second.learning.done()
+    for future in reversed(broker.held):   # the later batch's deliveries complete first
+        future.set_result(None)
+    assert (await second.learning).accepted == 2 and (await first.learning).accepted == 2
+    assert acks.done == ["1", "2"]          # still in batch order
+    await serve.drain()
+
+
+async def test_a_pipelined_replica_acks_nothing_after_a_failed_delivery(tiny_model_dir, tmp_path):
+    broker = _HeldBroker()
+    serve, _, _, _ = make_split(tmp_path, tiny_model_dir, broker=broker, pipelined=True)
+    acks = Acks()
+    first = await serve.handle("feedback", labeled(["a", "b"]), acks("1"))
+    n_first = len(broker.held)
+    second = await serve.handle("feedback", labeled(["c", "d"], 2), acks("2"))
+    broker.refuse["samples"] = broker.refuse["predictions"] = RuntimeError("refused")
+    for future in broker.held[:n_first]:
+        future.set_exception(RuntimeError("refused"))
+    for future in broker.held[n_first:]:
+        future.set_result(None)
+    assert (await first.learning).failed and (await second.learning).refused
+    assert acks.done == [] and serve.latch.failed
+    third = await serve.handle("feedback", labeled(["e"], 4), acks("3"))
+    assert third.refused and acks.done == []

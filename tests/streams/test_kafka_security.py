@@ -201,13 +201,13 @@ def test_worker_start_log_line_has_no_secret(sasl_env, caplog):
 
 
 def test_the_producer_lingers_as_set(tmp_path):
-    """KAFKA_PRODUCER_LINGER_MS reaches Faust's producer (0 by default: send at once)."""
+    """KAFKA_PRODUCER_LINGER_MS reaches Faust's producer (5 ms by default, 0: send at once)."""
     from prometheus_client import CollectorRegistry
 
     from streams.acks import FailStop
     from streams.app import create_app
 
-    for env, expected in (({}, 0.0), ({"KAFKA_PRODUCER_LINGER_MS": "5"}, 0.005)):
+    for env, expected in (({}, 0.005), ({"KAFKA_PRODUCER_LINGER_MS": "0"}, 0.0)):
         settings = Settings.from_env({"CHECKPOINT_DIR": str(tmp_path), **env})
         app = create_app(settings, app_id="sl-linger", data_dir=str(tmp_path / "faust"),
                          registry=CollectorRegistry(), latch=FailStop())
