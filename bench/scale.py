@@ -298,8 +298,92 @@ SCALE_CONFIGS = {"default": {}, "fp32": {"SERVE_PRECISION": "fp32"},
                  "fp32-eager": {"SERVE_PRECISION": "fp32", "SERVE_TRACE": "false"}}
 
 
+def _scale_run(bootstrap: str, work: Path, args, base: dict, extra: dict, run: str, n: int,
+               broker_pid: int | None) -> dict:
+    """One run of ``n`` replicas in a fresh consumer group over a fresh 6-partition source
+    topic carrying the same stream: events/s over its steady middle, and where the CPU went."""
+    from tools.publish import publish
+
+    texts, labels = banking77(seed=args.seed)
+    env = dict(base, **extra, KAFKA_FEEDBACK_TOPIC=f"feedback-{run}", KAFKA_APP_ID=f"bench-{run}")
+    _topics(bootstrap, env, 6)
+    replicas = [Role("serve", env, work, f"scale-{run}-{k}") for k in range(n)]
+    try:
+        for r in replicas:
+            r.start()
+        for r in replicas:
+            r.wait_ready()
+        time.sleep(2)   # the group settles: every replica owns its partitions
+        publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"],
+                _events(texts, labels, f"s{n}", args.scale_events, labeled=False),
+                progress=False)
+        # The rate is taken over the steady middle of the stream, from 10% to 90% of it
+        # served: not the start (first batches, a partition's first fetch) and not the end,
+        # where a replica's last partial batch waits STREAM_MAX_WAIT_S for events that never
+        # come (the latency policy, not throughput).
+        lo, hi = int(0.1 * args.scale_events), int(0.9 * args.scale_events)
+        start = end = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            done = sum(_count(r, "streamlearner_stream_predictions_total") for r in replicas)
+            now = time.monotonic()
+            if start is None and done >= lo:
+                start, start_done, cpu_start = now, done, _cpu_of(replicas, broker_pid)
+            if start is not None and done >= hi:
+                end, end_done, cpu_end = now, done, _cpu_of(replicas, broker_pid)
+                break
+            time.sleep(0.25)   # a scrape costs the replica CPU: poll gently
+        ok = end is not None and end > start
+        out = {"replicas": n, "events": args.scale_events,
+               "measured_events": (end_done - start_done) if ok else 0,
+               "events_per_second": (end_done - start_done) / (end - start) if ok
+               else float("nan"),
+               "cores_used": _cpu_used(cpu_start, cpu_end, end - start) if ok else None}
+        while time.monotonic() < deadline and sum(
+                _count(r, "streamlearner_stream_predictions_total")
+                for r in replicas) < args.scale_events:
+            time.sleep(0.2)   # every event served before the replicas stop
+        out["per_replica"] = [_count(r, "streamlearner_stream_predictions_total")
+                              for r in replicas]
+        return out
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+def bracketed(runs: list[dict], key: str, baseline: str, measured: str) -> dict:
+    """Ratios of runs measured between two baseline runs (A B A B ... A): each B against the
+    mean of the A before and the A after it, so a machine whose speed drifts over minutes
+    (this one: +-25% between runs) moves both sides of each ratio alike. Returns the rounds'
+    ratios, their median (the headline), and the median run of each kind.
+
+    >>> runs = [{"kind": "a", "v": 100.0}, {"kind": "b", "v": 180.0}, {"kind": "a", "v": 80.0},
+    ...         {"kind": "b", "v": 170.0}, {"kind": "a", "v": 100.0}]
+    >>> r = bracketed(runs, "v", "a", "b")
+    >>> [round(x, 3) for x in r["ratios"]], round(r["ratio"], 3)
+    ([2.0, 1.889], 1.944)
+    """
+    import statistics
+
+    ratios = []
+    for k, run in enumerate(runs):
+        if run["kind"] != measured:
+            continue
+        before = next(r for r in reversed(runs[:k]) if r["kind"] == baseline)
+        after = next((r for r in runs[k + 1:] if r["kind"] == baseline), before)
+        ratios.append(run[key] / ((before[key] + after[key]) / 2))
+
+    def median_run(kind: str) -> dict:
+        kinds = sorted((r for r in runs if r["kind"] == kind), key=lambda r: r[key])
+        return kinds[(len(kinds) - 1) // 2]
+
+    return {"ratios": ratios, "ratio": statistics.median(ratios),
+            "median_" + baseline: median_run(baseline), "median_" + measured: median_run(measured)}
+
+
 def part_scale(bootstrap: str, work: Path, args, broker_pid: int | None = None) -> dict:
-    """Events/s of 1 vs 2 replicas over the same stream, with a trained version served."""
+    """Events/s of 1 vs 2 replicas over the same stream, with a trained version served:
+    1, 2, 1, 2, ..., 1 replicas (``--scale-rounds`` pairs), each 2 against the 1s around it."""
     from tools.publish import publish
 
     texts, labels = banking77(seed=args.seed)
@@ -316,70 +400,27 @@ def part_scale(bootstrap: str, work: Path, args, broker_pid: int | None = None) 
             time.sleep(0.5)
     finally:
         trainer.stop()   # its newest version stays on the topic for the replicas
-    for config, extra in SCALE_CONFIGS.items():
-        if config not in args.scale_configs:
-            continue
-        out = results.setdefault(config, {"settings": extra})
-        for n in args.replicas:
-            # A fresh source topic and group per count: every run serves the same stream.
-            run = f"{uid}-{config}-r{n}"
-            env = dict(base, **extra, KAFKA_FEEDBACK_TOPIC=f"feedback-{run}",
-                       KAFKA_APP_ID=f"bench-{run}")
-            _topics(bootstrap, env, 6)
-            replicas = [Role("serve", env, work, f"scale-{run}-{k}") for k in range(n)]
-            try:
-                for r in replicas:
-                    r.start()
-                for r in replicas:
-                    r.wait_ready()
-                time.sleep(2)   # the group settles: every replica owns its partitions
-                publish(bootstrap, env["KAFKA_FEEDBACK_TOPIC"],
-                        _events(texts, labels, f"s{n}", args.scale_events, labeled=False),
-                        progress=False)
-                # The rate is taken over the steady middle of the stream, from 10% to 90% of
-                # it served: not the start (first batches, a partition's first fetch) and not
-                # the end, where a replica's last partial batch waits STREAM_MAX_WAIT_S for
-                # events that never come (the latency policy, not throughput).
-                lo, hi = int(0.1 * args.scale_events), int(0.9 * args.scale_events)
-                start = end = None
-                deadline = time.monotonic() + 900
-                while time.monotonic() < deadline:
-                    done = sum(_count(r, "streamlearner_stream_predictions_total")
-                               for r in replicas)
-                    now = time.monotonic()
-                    if start is None and done >= lo:
-                        start, start_done, cpu_start = now, done, _cpu_of(replicas, broker_pid)
-                    if start is not None and done >= hi:
-                        end, end_done, cpu_end = now, done, _cpu_of(replicas, broker_pid)
-                        break
-                    time.sleep(0.25)   # a scrape costs the replica CPU: poll gently
-                ok = end is not None and end > start
-                out[str(n)] = {
-                    "events": args.scale_events,
-                    "measured_events": (end_done - start_done) if ok else 0,
-                    "events_per_second": (end_done - start_done) / (end - start) if ok
-                    else float("nan"),
-                    "cores_used": _cpu_used(cpu_start, cpu_end, end - start) if ok else None}
-                while time.monotonic() < deadline and sum(
-                        _count(r, "streamlearner_stream_predictions_total")
-                        for r in replicas) < args.scale_events:
-                    time.sleep(0.2)   # every event served before the replicas stop
-                out[str(n)]["per_replica"] = [
-                    _count(r, "streamlearner_stream_predictions_total") for r in replicas]
-            finally:
-                for r in replicas:
-                    r.stop()
-        if "1" in out and "2" in out:
-            out["ratio_2_vs_1"] = out["2"]["events_per_second"] / out["1"]["events_per_second"]
+    for config in args.scale_configs:
+        extra = SCALE_CONFIGS[config]
+        rounds = args.scale_rounds if config == args.scale_configs[0] else args.other_rounds
+        runs = []
+        for k, n in enumerate([1, 2] * rounds + [1]):
+            run = _scale_run(bootstrap, work, args, base, extra, f"{uid}-{config}-{k}r{n}", n,
+                             broker_pid)
+            runs.append(dict(run, kind=str(n)))
+        b = bracketed(runs, "events_per_second", "1", "2")
+        results[config] = {"settings": extra, "1": b["median_1"], "2": b["median_2"],
+                           "ratio_2_vs_1": b["ratio"], "ratios": b["ratios"], "runs": runs}
     head = results.get(args.scale_configs[0], {})
     return {**{k: v for k, v in head.items() if k != "settings"}, "config": args.scale_configs[0],
             "by_config": results}
 
 
 def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | None,
-                  precision: str = "fp32", trace: bool = True) -> dict:
+                  precision: str = "fp32", trace: bool = True, seconds: float = 0.0) -> dict:
     """Texts/s of the encoder + head at ``batch`` (the product's snapshot path: the same
-    precision and lanes as serving), in a child process with ``threads`` torch threads."""
+    precision and lanes as serving), in a child process with ``threads`` torch threads, over
+    whole passes of ``texts`` for at least ``seconds`` (one pass at least)."""
     code = (
         "import json,sys,time,torch\n"
         f"torch.set_num_threads({threads})\n"
@@ -391,9 +432,11 @@ def raw_inference(texts: list[str], *, batch: int, threads: int, model: str | No
         "snap=ModelSnapshot.empty(base,mode='head')\n"
         f"B={batch}\n"
         "for i in range(0,len(texts),B): snap.score('t',texts[i:i+B])\n"   # every shape seen
-        "t=time.perf_counter()\n"
-        "for i in range(0,len(texts),B): snap.score('t',texts[i:i+B])\n"
-        "print(json.dumps({'texts':len(texts),'seconds':time.perf_counter()-t,"
+        "t=time.perf_counter();n=0\n"
+        f"while n==0 or time.perf_counter()-t<{seconds!r}:\n"
+        " for i in range(0,len(texts),B): snap.score('t',texts[i:i+B])\n"
+        " n+=len(texts)\n"
+        "print(json.dumps({'texts':n,'seconds':time.perf_counter()-t,"
         "'dtype':str(next(base.encoder.parameters()).dtype)}))\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
@@ -440,19 +483,28 @@ def _worker_rate(bootstrap: str, work: Path, args, precision: str) -> dict:
 
 def part_worker(bootstrap: str, work: Path, args) -> dict:
     """The all-in-one worker's end-to-end events/s vs raw batch inference of the same encoder
-    at the same precision, batch size and threads, interleaved in the same run: the default
-    precision (auto: bf16 on this CPU) first, then fp32."""
+    at the same precision, batch size and threads, interleaved in the same run: raw, worker,
+    raw, worker, ..., raw (``--worker-rounds`` workers), each worker against the raw runs
+    around it; the default precision (auto: bf16 on this CPU) first, then fp32."""
     texts, _ = banking77(seed=args.seed)
     unique = list(dict.fromkeys(texts))
     out: dict = {"settings": "defaults (head mode, er + ACE, drift detection on, batches of 32)",
                  "by_precision": {}}
     for precision in args.worker_precisions:
-        rate = _worker_rate(bootstrap, work, args, precision)
-        raw = raw_inference(unique[:args.raw_texts], batch=32, threads=args.worker_threads,
-                            model=None, precision=precision)
+        rounds = args.worker_rounds if precision == args.worker_precisions[0] else args.other_rounds
+        runs = []
+        for k in range(2 * rounds + 1):
+            if k % 2 == 0:
+                raw = raw_inference(unique[:args.raw_texts], batch=32, threads=args.worker_threads,
+                                    model=None, precision=precision, seconds=args.raw_seconds)
+                runs.append(dict(raw, kind="raw", rate=raw["texts_per_second"]))
+            else:
+                rate = _worker_rate(bootstrap, work, args, precision)
+                runs.append(dict(rate, kind="worker", rate=rate["events_per_second"]))
+        b = bracketed(runs, "rate", "raw", "worker")
         out["by_precision"][precision] = {
-            "worker": rate, "raw_batch_inference": raw,
-            "ratio": rate["events_per_second"] / raw["texts_per_second"]}
+            "worker": b["median_worker"], "raw_batch_inference": b["median_raw"],
+            "ratio": b["ratio"], "ratios": b["ratios"], "runs": runs}
     head = out["by_precision"][args.worker_precisions[0]]
     out.update(worker_events_per_second=head["worker"]["events_per_second"],
                raw_batch_inference=head["raw_batch_inference"], ratio=head["ratio"],
@@ -484,6 +536,14 @@ def _cores(run: dict) -> str:
             f"{u['machine']['idle']:.2f})")
 
 
+def _rounds(r: dict) -> str:
+    """The rounds behind a median ratio, for a table cell."""
+    ratios = r.get("ratios") or []
+    if len(ratios) < 2:
+        return ""
+    return f" (median of {len(ratios)} rounds: " + ", ".join(f"{x:.2f}" for x in ratios) + ")"
+
+
 def report(result: dict, out: Path) -> None:
     import matplotlib
 
@@ -495,7 +555,10 @@ def report(result: dict, out: Path) -> None:
     lines = ["# Scale-out benchmarks (issue #12)", "",
              f"Machine: {result['machine']['cores']} cores, {result['machine']['device']}; "
              f"`python -m bench.scale` ({result['seconds']:.0f} s). Every figure beside its "
-             "baseline from the same run.", "",
+             "baseline from the same run. Ratios: each measured run (2 replicas, the worker) "
+             "between two baseline runs (1 replica, raw inference), against their mean; the "
+             "median over the rounds, whose runs are in results.json. Events/s: the median "
+             "run of each kind.", "",
              "| benchmark | measured | baseline, same run | target |", "|---|---|---|---|"]
     p = result.get("predict", {})
     b = result.get("baseline", {})
@@ -522,7 +585,7 @@ def report(result: dict, out: Path) -> None:
         lines.append(f"| serving scale, 1 vs 2 replicas (1 torch thread each, 6 partitions; "
                      f"{shown}) | 2 replicas {c['2']['events_per_second']:.0f} events/s"
                      f"{_cores(c['2'])} | 1 replica {c['1']['events_per_second']:.0f} events/s"
-                     f"{_cores(c['1'])}: **{c['ratio_2_vs_1']:.2f}x** | ≥ 1.7x |")
+                     f"{_cores(c['1'])}: **{c['ratio_2_vs_1']:.2f}x**{_rounds(c)} | ≥ 1.7x |")
     w = result.get("worker", {})
     for precision, r in w.get("by_precision", {}).items():
         raw = r["raw_batch_inference"]
@@ -530,7 +593,8 @@ def report(result: dict, out: Path) -> None:
                      f"{precision}: {raw['dtype'].removeprefix('torch.')}) | "
                      f"{r['worker']['events_per_second']:.0f} events/s | raw batch inference "
                      f"(same encoder and precision, batch 32, {raw['threads']} threads) "
-                     f"{raw['texts_per_second']:.0f} texts/s: **{r['ratio']:.2f}x** | ≥ 0.8x |")
+                     f"{raw['texts_per_second']:.0f} texts/s: **{r['ratio']:.2f}x**{_rounds(r)} "
+                     f"| ≥ 0.8x |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     if p:
@@ -597,8 +661,13 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["predict", "scale", "worker"])
     p.add_argument("--requests", type=int, default=300, help="/predict requests timed")
     p.add_argument("--backlog", type=int, default=6000, help="samples the trainer trains meanwhile")
-    p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--scale-events", type=int, default=8000)
+    p.add_argument("--scale-events", type=int, default=6000)
+    p.add_argument("--scale-rounds", type=int, default=3,
+                   help="1-vs-2 rounds of the headline serving settings (1, 2, 1, ..., 1)")
+    p.add_argument("--worker-rounds", type=int, default=3,
+                   help="worker runs of the headline precision, each between two raw runs")
+    p.add_argument("--other-rounds", type=int, default=1,
+                   help="rounds of the other settings and precisions")
     p.add_argument("--scale-configs", nargs="+", default=list(SCALE_CONFIGS),
                    choices=list(SCALE_CONFIGS), help="serving settings compared (first: headline)")
     p.add_argument("--worker-events", type=int, default=4800)
@@ -606,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="events before the worker's clock starts (drift windows filling)")
     p.add_argument("--worker-threads", type=int, default=2)
     p.add_argument("--raw-texts", type=int, default=1024)
+    p.add_argument("--raw-seconds", type=float, default=4.0,
+                   help="each raw run: whole passes over the texts for at least this long")
     p.add_argument("--worker-precisions", nargs="+", default=["auto", "fp32"],
                    choices=["auto", "fp32", "bf16"],
                    help="SERVE_PRECISION of each worker run (the first is the headline)")

@@ -7,6 +7,7 @@ over the attention mask, as sentence-transformers does for MiniLM. Each task own
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from learner.lanes import Lanes
 
 __all__ = ["CPU_SUB_BATCH", "GrowingHead", "LORA_TARGETS", "TextClassifier", "attention_projections",
-           "default_model_path", "resolve_device"]
+           "default_model_path", "mean_pool", "resolve_device"]
 
 CPU_SUB_BATCH = 8  # texts per forward pass of CPU inference (see TextClassifier.encode)
 
@@ -142,6 +143,18 @@ def head_key(task: str) -> str:
     return "task:" + task.replace("%", "%25").replace(".", "%2E")
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) token states, (B, T) mask -> (B, H) float32 mean over the unmasked tokens.
+
+    Pooled in fp32 whatever the encoder's dtype (a bf16 serving copy): a bf16 sum over the
+    tokens would round every feature to 3 significant digits."""
+    hidden = hidden.float()
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)          # (B, T, 1)
+    summed = (hidden * mask).sum(dim=1)                            # (B, H)
+    counts = mask.sum(dim=1).clamp(min=1e-9)                       # (B, 1)
+    return summed / counts
+
+
 class TextClassifier(nn.Module):
     """Pre-trained encoder, mean pooling, and one :class:`GrowingHead` per task.
 
@@ -183,15 +196,14 @@ class TextClassifier(nn.Module):
         replaces the word-embedding lookup (adversarial training perturbs it).
         """
         encoder = encoder if encoder is not None else self.encoder
+        # An encoder that pools itself (serving's trace: one call without the interpreter).
+        pooled = getattr(encoder, "pooled_features", None)
+        if pooled is not None and inputs_embeds is None:
+            return pooled(batch["input_ids"], batch["attention_mask"])          # (B, H)
         if inputs_embeds is not None:
             batch = {k: v for k, v in batch.items() if k != "input_ids"} | {"inputs_embeds": inputs_embeds}
-        # Pooled in fp32 whatever the encoder's dtype (a bf16 serving copy): a bf16 sum over
-        # the tokens would round every feature to 3 significant digits.
-        hidden = encoder(**_accepted(encoder, batch)).last_hidden_state.float()  # (B, T, H)
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        summed = (hidden * mask).sum(dim=1)                        # (B, H)
-        counts = mask.sum(dim=1).clamp(min=1e-9)                   # (B, 1)
-        return summed / counts
+        hidden = encoder(**_accepted(encoder, batch)).last_hidden_state         # (B, T, H)
+        return mean_pool(hidden, batch["attention_mask"])
 
     def encode(self, texts: Sequence[str], *, lanes: Lanes | None = None,
                encoder: nn.Module | None = None) -> torch.Tensor:
@@ -208,24 +220,40 @@ class TextClassifier(nn.Module):
         texts = list(texts)
         if torch.is_grad_enabled():
             encoder = None
-        if len(texts) <= CPU_SUB_BATCH or torch.is_grad_enabled() or self.device.type != "cpu":
+        device = self.device
+        if len(texts) <= CPU_SUB_BATCH or torch.is_grad_enabled() or device.type != "cpu":
             return self.features(self.tokenize(texts), encoder=encoder)
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)  # unpadded lists
         order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
         chunks = [order[s:s + CPU_SUB_BATCH] for s in range(0, len(order), CPU_SUB_BATCH)]
+        pad = self._pad_values(enc.keys())
 
         def run(chunk: list[int]) -> torch.Tensor:
-            batch = self.tokenizer.pad({k: [enc[k][i] for i in chunk] for k in enc.keys()},
-                                       return_tensors="pt")                     # (b, T_chunk)
-            return self.features({k: v.to(self.device) for k, v in batch.items()},
+            if pad is None:
+                batch = self.tokenizer.pad({k: [enc[k][i] for i in chunk] for k in enc.keys()},
+                                           return_tensors="pt")                 # (b, T_chunk)
+            else:
+                batch = _right_padded(enc, chunk, pad)                           # (b, T_chunk)
+            return self.features({k: v.to(device) for k, v in batch.items()},
                                  encoder=encoder)                                  # (b, H)
 
         parts = lanes.map(run, chunks) if lanes is not None else [run(c) for c in chunks]
-        rows: list[torch.Tensor | None] = [None] * len(texts)
-        for chunk, feats in zip(chunks, parts):
-            for i, row in zip(chunk, feats):
-                rows[i] = row
-        return torch.stack(rows)                                                # (B, H)
+        # Rows come back in length order: one gather puts them in the texts' order.
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts)[inverse]                                         # (B, H)
+
+    def _pad_values(self, keys) -> dict[str, int] | None:
+        """The padding value of each tokenizer output, when this tokenizer pads on the right
+        with values known here; None: let the tokenizer pad (left padding, other outputs)."""
+        tok = self.tokenizer
+        if getattr(tok, "padding_side", "right") != "right":
+            return None
+        values = {"input_ids": tok.pad_token_id, "attention_mask": 0,
+                  "token_type_ids": getattr(tok, "pad_token_type_id", 0)}
+        if not set(keys) <= set(values) or any(values[k] is None for k in keys):
+            return None
+        return {k: values[k] for k in keys}
 
     def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, H) word embeddings (before positions and LayerNorm)."""
@@ -303,11 +331,35 @@ def attention_projections(encoder: nn.Module) -> list[str]:
                      f"(looked for {LORA_TARGETS}; its linear layers: {sorted(names)})")
 
 
+def _right_padded(enc, rows: list[int], pad: dict[str, int]) -> dict[str, torch.Tensor]:
+    """``enc``'s unpadded lists of ``rows`` as (b, T) tensors padded on the right with
+    ``pad``'s values, T the longest of them: what ``tokenizer.pad`` gives, without its
+    per-call Python (it held the interpreter ~40 us per sub-batch on the serving lanes)."""
+    import numpy as np
+
+    lengths = [len(enc["input_ids"][i]) for i in rows]
+    out = {}
+    for key, value in pad.items():
+        arr = np.full((len(rows), max(lengths)), value, dtype=np.int64)
+        column = enc[key]
+        for r, (i, n) in enumerate(zip(rows, lengths)):
+            arr[r, :n] = column[i]
+        out[key] = torch.from_numpy(arr)
+    return out
+
+
 def _accepted(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tokenizer's outputs the encoder takes: MPNet and DistilBERT have no
     ``token_type_ids``, which a BERT-style tokenizer still returns."""
-    names = inspect.signature(encoder.forward).parameters
+    forward = encoder.forward
+    names = _parameters(getattr(forward, "__func__", forward))
     return {k: v for k, v in batch.items() if k in names}
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(fn) -> frozenset[str]:
+    """The names ``fn`` takes (a signature once per function, not per forward pass)."""
+    return frozenset(inspect.signature(fn).parameters)
 
 
 def _layer_list(encoder: nn.Module) -> nn.ModuleList | None:

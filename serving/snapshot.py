@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from learner.lanes import lanes_for
-from learner.model import GrowingHead, TextClassifier
+from learner.model import GrowingHead, TextClassifier, mean_pool
 from serving.config import PRECISIONS
 
 if TYPE_CHECKING:
@@ -193,31 +193,32 @@ def base_classifier(path: str, *, max_length: int, device: torch.device,
     return model
 
 
-@dataclass(frozen=True)
-class _Hidden:
-    last_hidden_state: torch.Tensor
-
-
-class _LastHidden(nn.Module):
-    """What is traced: (input_ids, attention_mask) -> last hidden states (B, T, H)."""
+class _Pooled(nn.Module):
+    """What is traced: (input_ids, attention_mask) -> mean-pooled features (B, H) float32,
+    the encoder and the pooling of :meth:`TextClassifier.features` in one graph."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask)
 
 
 class TracedEncoder(nn.Module):
-    """A traced encoder with the call convention :meth:`TextClassifier.features` expects."""
+    """A traced encoder that pools: :meth:`TextClassifier.features` calls
+    :meth:`pooled_features` once per sub-batch, with no Python between its operations."""
 
     def __init__(self, script: nn.Module) -> None:
         super().__init__()
         self.script = script
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Hidden:
-        return _Hidden(self.script(input_ids, attention_mask))
+    def pooled_features(self, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.script(input_ids, attention_mask)                    # (B, H) float32
+
+    forward = pooled_features
 
 
 # base encoder -> its checked trace (head-mode snapshots share both; lora/full snapshots own
@@ -262,15 +263,13 @@ def trace_encoder(model: TextClassifier) -> TracedEncoder | None:
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")   # TracerWarnings, the API's deprecation notice
-            script = torch.jit.trace(_LastHidden(encoder).eval(), example(4, 12),
+            script = torch.jit.trace(_Pooled(encoder).eval(), example(4, 12),
                                      check_trace=False)
             for shape in ((1, 1), (1, 9), (3, model.max_length), (8, 23)):
                 ids, mask = example(*shape)
-                want = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-                got = script(ids, mask).float()
-                keep = mask.bool()                         # pooling reads these positions
-                if got.shape != want.shape or not torch.allclose(got[keep], want[keep],
-                                                                 atol=tol, rtol=tol):
+                want = model.features({"input_ids": ids, "attention_mask": mask})  # eager
+                got = script(ids, mask)
+                if got.shape != want.shape or not torch.allclose(got, want, atol=tol, rtol=tol):
                     raise ValueError(f"the trace disagrees with the encoder on {shape}")
     except Exception as exc:   # any failure: the eager encoder serves, as without the trace
         log.warning("serving runs %s eagerly (its trace was not usable: %s: %s)",

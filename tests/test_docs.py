@@ -34,7 +34,7 @@ MODULES = ["streams.admit", "streams.records", "streams.outputs", "streams.hando
            "streams.cleaning", "streams.dedup", "lifecycle.layout", "lifecycle.rollback",
            "lifecycle.journal", "lifecycle.probes", "lifecycle.publishing",
            "streamlearner.settings", "streamlearner.cli", "learner.features", "learner.model",
-           "monitoring.metrics", "tools.dlq"]
+           "monitoring.metrics", "tools.dlq", "bench.scale"]
 
 
 @pytest.mark.parametrize("name", MODULES)
