@@ -227,6 +227,16 @@ class TextClassifier(nn.Module):
         order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
         chunks = [order[s:s + CPU_SUB_BATCH] for s in range(0, len(order), CPU_SUB_BATCH)]
         pad = self._pad_values(enc.keys())
+        inverse = [0] * len(order)   # rows come back in length order: where each text's is
+        for position, i in enumerate(order):
+            inverse[i] = position
+        in_order = getattr(encoder, "pooled_features_in_order", None)
+        if in_order is not None and lanes is None and pad is not None:
+            # Every sub-batch in one call that runs without the interpreter (serving's trace):
+            # a serving thread takes the GIL back once per batch, not after each operation.
+            batches = [_right_padded(enc, chunk, pad) for chunk in chunks]
+            return in_order([b["input_ids"] for b in batches],
+                            [b["attention_mask"] for b in batches], torch.tensor(inverse))
 
         def run(chunk: list[int]) -> torch.Tensor:
             if pad is None:
@@ -238,10 +248,7 @@ class TextClassifier(nn.Module):
                                  encoder=encoder)                                  # (b, H)
 
         parts = lanes.map(run, chunks) if lanes is not None else [run(c) for c in chunks]
-        # Rows come back in length order: one gather puts them in the texts' order.
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return torch.cat(parts)[inverse]                                         # (B, H)
+        return torch.cat(parts)[torch.tensor(inverse)]                           # (B, H)
 
     def _pad_values(self, keys) -> dict[str, int] | None:
         """The padding value of each tokenizer output, when this tokenizer pads on the right

@@ -86,17 +86,34 @@ class DriftWatch:
         return state
 
     # -- event loop side ------------------------------------------------------------------
+    def active(self, texts: Sequence[str]) -> bool:
+        """Whether :meth:`observe` runs anything for this batch."""
+        return self.config.enabled and bool(texts)
+
     async def observe(self, task: str, texts: Sequence[str], errors: Sequence[bool],
-                      labels: Sequence[str]) -> list[Awaitable[Any]]:
-        """Feed one micro-batch; returns the deliveries of any alerts (await them before ack)."""
-        if not self.config.enabled or not texts:
+                      labels: Sequence[str], *,
+                      before: Callable[[], Any] | None = None) -> list[Awaitable[Any]]:
+        """Feed one micro-batch; returns the deliveries of any alerts (await them before ack).
+        ``before`` runs first in the same model-thread job (a thread hop less per batch), and
+        its failure is raised; a failure of the detection itself is logged and skipped."""
+        if not self.active(texts):
+            if before is not None:
+                await self.model.run(before)
             return []
-        try:
-            detections, actions = await self.model.run(self._observe, task, list(texts),
-                                                        list(errors), list(labels))
-        except Exception:   # drift detection must never stop ingestion
-            log.exception("drift detection failed for a %s batch; skipped", task)
+
+        def job():
+            if before is not None:
+                before()
+            try:
+                return self._observe(task, list(texts), list(errors), list(labels))
+            except Exception:   # drift detection must never stop ingestion
+                log.exception("drift detection failed for a %s batch; skipped", task)
+                return None
+
+        observed = await self.model.run(job)
+        if observed is None:
             return []
+        detections, actions = observed
         deliveries = []
         for det, action in zip(detections, actions):
             self.metrics.drift_detections.labels(task=task, kind=det.kind,

@@ -354,19 +354,25 @@ class VersionPublisher:
     def busy(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def after_update(self, learner: "Learner") -> None:
-        """Call after each applied update, in the batch path (under the trainer's lock)."""
+    def refreshes_every_update(self, learner: "Learner") -> bool:
+        """The local serving copy follows every update (head mode: a copy of the heads)."""
+        return self.local is not None and learner.config.frozen
+
+    async def after_update(self, learner: "Learner", *, artifact: Artifact | None = None) -> None:
+        """Call after each applied update, in the batch path (under the trainer's lock).
+        ``artifact``: the live version's, when the update job built it already."""
         self._updates += 1
         self._local_updates += 1
         if self.local is not None and (learner.config.frozen
                                        or self._due(self._last_local, self._local_updates)):
-            await self.refresh_local(learner)
+            await self.refresh_local(learner, artifact)
         if self.send is not None and not self.busy and self._due(self._last_publish,
                                                                    self._updates):
             self._start(learner, "update")
 
-    async def refresh_local(self, learner: "Learner") -> None:
-        artifact = await self.thread.run(artifact_from_learner, learner)
+    async def refresh_local(self, learner: "Learner", artifact: Artifact | None = None) -> None:
+        if artifact is None or artifact.version != learner.model_version:   # e.g. rolled back
+            artifact = await self.thread.run(artifact_from_learner, learner)
         await self.local(artifact, time.time())
         self.local_version = artifact.version
         self._last_local = time.monotonic()

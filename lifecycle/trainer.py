@@ -19,6 +19,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
+from lifecycle.publishing import artifact_from_learner
 from streams.outputs import deliver_all
 from streams.records import ModelEvent, Sample
 
@@ -168,16 +169,21 @@ class Trainer:
         if self.labels is not None:   # unlabeled events wait for their labels (durably)
             self.labels.observe_samples(task, samples)
             self.durability.touched()
+        texts = [s.text for s in samples]
+        offer = None
         if features is not None and self.learner.config.frozen:
-            await self.thread.run(self.learner.features.offer, [s.text for s in samples], features)
+            def offer() -> None:   # the serving copy's features, for the drift test and update
+                self.learner.features.offer(texts, features)
         labeled = [s for s in samples if s.label is not None]
         if labeled:
             self.metrics.observe_prequential(task, (s.predicted == s.label for s in labeled))
-        if self.drift is not None:
-            alerts = await self.drift.observe(task, [s.text for s in samples],
+        if self.drift is not None and self.drift.active(texts):
+            alerts = await self.drift.observe(task, texts,
                                               [s.predicted != s.label for s in labeled],
-                                              [s.label for s in labeled])
+                                              [s.label for s in labeled], before=offer)
             await deliver_all(alerts)    # outcomes out before the model changes
+        elif offer is not None:
+            await self.thread.run(offer)
         train = []
         for s in labeled:
             if self.dedup.repeat_text(task, s.text):
@@ -234,16 +240,21 @@ class Trainer:
         return trained
 
     def _update_job(self, task: str, texts: list[str], labels: list[str], ids: list[str]):
-        """Model thread: the update and its journal line, in model order."""
+        """Model thread: the update and its journal line, in model order; and the artifact of
+        the new version when the co-located serving copy takes every update (head mode): built
+        here, it costs no thread hop of its own."""
         before = self.learner.model_version
         stats = self.learner.learn_many(task, texts, labels)
+        artifact = None
         if stats.model_version != before:
             self.durability.updated(stats.model_version, task, ids)
-        return stats
+            if self.publisher is not None and self.publisher.refreshes_every_update(self.learner):
+                artifact = artifact_from_learner(self.learner)
+        return stats, artifact
 
     async def _update(self, task: str, train: list[Sample]) -> None:
-        stats = await self.thread.run(self._update_job, task, [s.text for s in train],
-                                      [s.label for s in train], [s.id for s in train])
+        stats, artifact = await self.thread.run(self._update_job, task, [s.text for s in train],
+                                                [s.label for s in train], [s.id for s in train])
         done = time.time()
         m = self.metrics
         if stats.skipped is not None or stats.n_new == 0:
@@ -268,7 +279,7 @@ class Trainer:
             self._updates_since_probe = 0
             await self._evaluate()
         if self.publisher is not None:
-            await self.publisher.after_update(self.learner)
+            await self.publisher.after_update(self.learner, artifact=artifact)
 
     # -- stability guard and rollback -------------------------------------------------------
     async def _evaluate(self) -> None:

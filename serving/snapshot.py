@@ -20,7 +20,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, List, Sequence
 
 import torch
 from torch import nn
@@ -206,17 +206,42 @@ class _Pooled(nn.Module):
         return mean_pool(hidden, attention_mask)
 
 
+class _InOrder(nn.Module):
+    """What is scripted around the trace: every sub-batch of a batch, then the rows put back
+    in the texts' order, in one call."""
+
+    def __init__(self, pooled: nn.Module) -> None:
+        super().__init__()
+        self.pooled = pooled
+
+    def forward(self, ids: List[torch.Tensor], masks: List[torch.Tensor],
+                inverse: torch.Tensor) -> torch.Tensor:
+        parts: List[torch.Tensor] = []
+        for k in range(len(ids)):
+            parts.append(self.pooled(ids[k], masks[k]))                 # (b_k, H)
+        return torch.cat(parts)[inverse]                                 # (B, H)
+
+
 class TracedEncoder(nn.Module):
     """A traced encoder that pools: :meth:`TextClassifier.features` calls
-    :meth:`pooled_features` once per sub-batch, with no Python between its operations."""
+    :meth:`pooled_features` for a sub-batch and :meth:`TextClassifier.encode` calls
+    :meth:`pooled_features_in_order` for all of a batch's at once, with no Python between
+    their operations (a serving thread then takes the interpreter back once per batch)."""
 
-    def __init__(self, script: nn.Module) -> None:
+    def __init__(self, script: nn.Module, in_order: nn.Module | None = None) -> None:
         super().__init__()
         self.script = script
+        self.in_order = in_order
 
     def pooled_features(self, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor) -> torch.Tensor:
         return self.script(input_ids, attention_mask)                    # (B, H) float32
+
+    def pooled_features_in_order(self, ids: list[torch.Tensor], masks: list[torch.Tensor],
+                                 inverse: torch.Tensor) -> torch.Tensor:
+        if self.in_order is None:
+            return torch.cat([self.script(i, m) for i, m in zip(ids, masks)])[inverse]
+        return self.in_order(ids, masks, inverse)                        # (B, H) float32
 
     forward = pooled_features
 
@@ -271,11 +296,18 @@ def trace_encoder(model: TextClassifier) -> TracedEncoder | None:
                 got = script(ids, mask)
                 if got.shape != want.shape or not torch.allclose(got, want, atol=tol, rtol=tol):
                     raise ValueError(f"the trace disagrees with the encoder on {shape}")
+            in_order = torch.jit.script(_InOrder(script))
+            (a, ma), (b, mb) = example(2, 5), example(3, 17)   # two sub-batches, then
+            want = torch.cat([model.features({"input_ids": b, "attention_mask": mb}),
+                              model.features({"input_ids": a, "attention_mask": ma})])
+            got = in_order([a, b], [ma, mb], torch.tensor([2, 3, 4, 0, 1]))   # b's rows first
+            if got.shape != want.shape or not torch.allclose(got, want, atol=tol, rtol=tol):
+                raise ValueError("the scripted batch disagrees with the encoder")
     except Exception as exc:   # any failure: the eager encoder serves, as without the trace
         log.warning("serving runs %s eagerly (its trace was not usable: %s: %s)",
                     type(encoder).__name__, type(exc).__name__, exc)
         return None
-    return TracedEncoder(script)
+    return TracedEncoder(script, in_order)
 
 
 def warm_up(model: TextClassifier) -> None:

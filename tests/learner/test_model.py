@@ -60,3 +60,36 @@ def test_head_keys_are_valid_module_names_and_distinct():
     keys = [head_key(n) for n in names]
     assert len(set(keys)) == len(keys)
     assert all("." not in k for k in keys)
+
+
+def test_sub_batches_are_padded_as_the_tokenizer_pads_them(tiny_model_dir):
+    """TextClassifier pads its sorted sub-batches itself (no tokenizer.pad per sub-batch):
+    the same ids, token types and mask as the tokenizer's padding; a tokenizer that pads on
+    the left keeps its own padding."""
+    from learner.model import TextClassifier, _right_padded
+
+    model = TextClassifier(tiny_model_dir, max_length=16)
+    texts = ["short", "a somewhat longer text than that", "", "x " * 40]
+    enc = model.tokenizer(texts, truncation=True, max_length=16)
+    rows = [3, 0, 1]
+    pad = model._pad_values(enc.keys())
+    assert pad is not None and set(pad) == set(enc.keys())
+    ours = _right_padded(enc, rows, pad)
+    theirs = model.tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()},
+                                 return_tensors="pt")
+    assert set(ours) == set(theirs)
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    model.tokenizer.padding_side = "left"
+    assert model._pad_values(enc.keys()) is None
+    padded = []
+    real_pad = model.tokenizer.pad
+
+    def pad_spy(*args, **kwargs):
+        padded.append(1)
+        return real_pad(*args, **kwargs)
+
+    model.tokenizer.pad = pad_spy
+    with torch.inference_mode():
+        assert model.encode(texts * 3).shape == (12, model.hidden_size)
+    assert len(padded) == 2   # 12 texts: two sub-batches, each padded by the tokenizer

@@ -91,6 +91,23 @@ def test_sequential_tests_decide_as_the_full_ones(shift):
         assert (full.p_value <= 0.01) == (early.p_value <= 0.01)
 
 
+def test_with_no_drift_a_sequential_test_stops_after_its_first_ten_permutations():
+    from monitoring.drift import _sequential_p_value
+
+    drawn: list[int] = []
+
+    def half_exceed(size):   # no drift: about every other permuted statistic is larger
+        drawn.append(size)
+        return np.arange(size) % 2 * 2.0
+
+    assert _sequential_p_value(1.0, half_exceed, 1000, stop_above=0.001) == 6 / 11
+    assert drawn == [10]
+    drawn.clear()   # a drift: nothing exceeds, every permutation is drawn (10, 40, then 50s)
+    assert _sequential_p_value(1.0, lambda n: drawn.append(n) or np.zeros(n), 1000, 0.001) \
+        == 1 / 1001
+    assert drawn[:3] == [10, 40, 50] and sum(drawn) == 1000
+
+
 def test_mmd_reference_reused_across_tests_gives_the_same_result():
     from monitoring.drift import MMDReference
 

@@ -101,6 +101,33 @@ def test_the_traced_encoder_gives_the_eager_features(tiny_model_dir):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_a_serving_thread_encodes_a_batch_in_one_call_of_the_trace(tiny_model_dir, monkeypatch):
+    """On one thread (a serving lane) every sub-batch of a batch goes through one scripted
+    call, rows back in the texts' order; the features are the eager encoder's."""
+    from serving.snapshot import TracedEncoder, traced
+
+    cpu = torch.device("cpu")
+    fast = base_classifier(tiny_model_dir, max_length=32, device=cpu, trace=True)
+    calls = {"in_order": 0, "one": 0}
+    in_order, one = TracedEncoder.pooled_features_in_order, TracedEncoder.pooled_features
+
+    def count(name, fn):
+        def wrapper(self, *args):
+            calls[name] += 1
+            return fn(self, *args)
+        return wrapper
+
+    monkeypatch.setattr(TracedEncoder, "pooled_features_in_order", count("in_order", in_order))
+    monkeypatch.setattr(TracedEncoder, "pooled_features", count("one", one))
+    texts = TEXTS[::-1] + ["a short one", "x"]   # longer texts first: the order is undone
+    with torch.inference_mode():
+        got = fast.encode(texts, encoder=traced(fast))
+        want = fast.encode(texts)                                    # eager, sub-batch by sub-batch
+        each = torch.cat([fast.features(fast.tokenize([t])) for t in texts])   # unpadded
+    assert calls == {"in_order": 1, "one": 0}
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(got, each, atol=1e-4)
+
+
 def test_a_trace_that_disagrees_with_the_encoder_is_not_used(tiny_model_dir, monkeypatch, caplog):
     from serving import snapshot
 

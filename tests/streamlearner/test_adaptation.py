@@ -58,3 +58,43 @@ async def test_disabled_watch_does_nothing(pipeline):
     pipe.drift.config = Settings.from_env({"DRIFT_ENABLED": "false"}).drift
     await pipe.handle("feedback", batch(0, 5, "alpha"))
     assert pipe.drift._tasks == {}
+
+
+async def test_work_run_before_the_drift_test_shares_its_job_and_its_failures_count():
+    """``observe(before=...)``: one model-thread job runs ``before`` then the test; a failing
+    ``before`` raises (it is the batch's work), a failing test is logged and skipped."""
+    import types
+
+    from lifecycle.adaptation import DriftWatch
+    from lifecycle.config import DriftConfig
+    from streams.handoff import ModelThread
+
+    with ModelThread() as thread:
+        watch = DriftWatch(DriftConfig(), types.SimpleNamespace(model_version=0), None, thread)
+        ran: list[str] = []
+
+        def broken(*args):
+            ran.append("test")
+            raise RuntimeError("the drift test broke")
+
+        watch._observe = broken
+        jobs = 0
+        real = thread.run
+
+        async def counted(fn, *args):
+            nonlocal jobs
+            jobs += 1
+            return await real(fn, *args)
+
+        thread.run = counted
+        assert await watch.observe("t", ["x"], [], [], before=lambda: ran.append("before")) == []
+        assert ran == ["before", "test"] and jobs == 1
+
+        def failing():
+            raise ValueError("offer failed")
+
+        with pytest.raises(ValueError, match="offer failed"):
+            await watch.observe("t", ["x"], [], [], before=failing)
+        watch.config = DriftConfig(enabled=False)   # no test: ``before`` still runs
+        assert await watch.observe("t", ["x"], [], [], before=lambda: ran.append("alone")) == []
+        assert ran[-1] == "alone"

@@ -103,3 +103,41 @@ async def test_the_idle_timer_brings_the_serving_copy_to_the_last_update(make):
     await asyncio.sleep(0.06)
     await pipe.flush_if_idle()
     assert pipe.serving.models.model_version == 2
+
+
+async def test_a_learned_batch_takes_two_model_thread_jobs_in_head_mode(make):
+    """Head mode with drift detection: the cached features' offer and the drift test are one
+    job, the update and the serving copy's artifact another (each job is two thread wake-ups
+    on a machine the encoders keep busy); the serving copy still follows the update."""
+    pipe = make(LEARNER_MODE="head", DRIFT_ENABLED="true")
+    pipe.trainer.publisher.send = None   # no topic publication (its own job, once a second)
+    jobs: list[str] = []
+    run = pipe.model.run
+
+    async def recorded(fn, *args, **kwargs):
+        jobs.append(getattr(fn, "__qualname__", repr(fn)))
+        return await run(fn, *args, **kwargs)
+
+    pipe.model.run = recorded
+    await pipe.handle("feedback", [raw(i, {"id": f"e{i}", "text": f"my card {i} is lost",
+                                           "label": "lost" if i % 2 else "found"})
+                                   for i in range(6)])
+    assert pipe.serving.models.model_version == pipe.learner.model_version == 1
+    assert len(jobs) == 2 and "_update_job" in jobs[1], jobs
+    assert "artifact_from_learner" not in " ".join(jobs)
+
+
+async def test_a_stale_prebuilt_artifact_is_built_again(make):
+    """An artifact built with the update is used only while it is the live version's (a
+    guard's rollback in between moves the learner elsewhere)."""
+    from lifecycle.publishing import artifact_from_learner
+
+    pipe = make(LEARNER_MODE="head")
+    await pipe.handle("feedback", [raw(0, {"id": "a", "text": "my card is lost",
+                                           "label": "lost"})])
+    publisher = pipe.trainer.publisher
+    stale = pipe.model.call(artifact_from_learner, pipe.learner)
+    await pipe.handle("feedback", [raw(1, {"id": "b", "text": "card found", "label": "found"})])
+    assert pipe.learner.model_version == 2 and stale.version == 1
+    await publisher.refresh_local(pipe.learner, stale)
+    assert publisher.local_version == 2 and pipe.serving.models.model_version == 2
