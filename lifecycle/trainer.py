@@ -15,6 +15,7 @@ from it. Free of Faust.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
@@ -170,10 +171,10 @@ class Trainer:
             self.labels.observe_samples(task, samples)
             self.durability.touched()
         texts = [s.text for s in samples]
-        offer = None
+        offer: Callable[[], None] | None = None
         if features is not None and self.learner.config.frozen:
-            def offer() -> None:   # the serving copy's features, for the drift test and update
-                self.learner.features.offer(texts, features)
+            # The serving copy's features, for the drift test and the update.
+            offer = functools.partial(self.learner.features.offer, texts, features)
         labeled = [s for s in samples if s.label is not None]
         if labeled:
             self.metrics.observe_prequential(task, (s.predicted == s.label for s in labeled))

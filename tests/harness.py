@@ -1,5 +1,5 @@
 """The all-in-one worker's batch path without Faust: the real serving half, the real trainer
-and their :class:`~streamlearner.roles.WorkerFlow`, with outputs kept in memory.
+and their :class:`~streamlearner.flows.WorkerFlow`, with outputs kept in memory.
 
 ``make_worker(tmp_path, tiny_model_dir, **env)`` -> :class:`Harness`: ``handle(task, batch,
 ack)`` as an agent calls it, and the parts tests look at (learner, checkpoints, journal,
@@ -75,8 +75,8 @@ class Harness:
         return self.flow.handle(task, batch, ack)
 
     def handle_labels(self, batch, ack=None):
-        """One batch of the labels topic (streamlearner.roles.LabelFlow)."""
-        from streamlearner.roles import LabelFlow
+        """One batch of the labels topic (streamlearner.flows.LabelFlow)."""
+        from streamlearner.flows import LabelFlow
 
         if getattr(self, "_labels_flow", None) is None:
             self._labels_flow = LabelFlow(self.trainer)
@@ -225,7 +225,8 @@ def make_split(tmp_path, model_dir: str, *, broker: Broker | None = None,
     ``broker.records("samples")`` (SampleRecords). Not ``pipelined`` (the replica's default):
     ``serve.handle`` returns once the batch is delivered and acknowledged."""
     from serving.service import Outputs
-    from streamlearner.roles import ServeFlow, TrainFlow, build_serving, build_trainer
+    from streamlearner.flows import ServeFlow, TrainFlow
+    from streamlearner.roles import build_serving, build_trainer
     from streamlearner.settings import Settings
     from streams.acks import AckQueue, FailStop
     from streams.dedup import Deduplicator

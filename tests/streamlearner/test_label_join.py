@@ -129,7 +129,7 @@ async def test_pending_events_survive_a_crash(make, tmp_path):
 
 
 async def test_the_split_trainer_joins_labels_to_samples(tiny_model_dir, tmp_path):
-    from streamlearner.roles import LabelFlow
+    from streamlearner.flows import LabelFlow
 
     serve, train, broker, reg = make_split(tmp_path, tiny_model_dir, CHECKPOINT_EVERY_UPDATES=1)
     await serve.handle("feedback", events(["a", "b"]))

@@ -308,7 +308,7 @@ async def test_a_failed_prediction_with_two_lanes_refuses_what_follows(make_pipe
 
 
 def test_worker_flow_depth_is_checked():
-    from streamlearner.roles import WorkerFlow
+    from streamlearner.flows import WorkerFlow
 
     class Trainer:
         latch = None
