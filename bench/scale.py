@@ -612,10 +612,11 @@ def report(result: dict, out: Path) -> None:
         names, values = [], []
         for config, c in s["by_config"].items():
             if "ratio_2_vs_1" in c:
-                names += [f"1\n{config}", f"2\n{config}"]
+                shown = config.replace("-", "\n")
+                names += [f"1\n{shown}", f"2\n{shown}"]
                 values += [c["1"]["events_per_second"], c["2"]["events_per_second"]]
         axes[1].bar(names, values, color=["tab:gray", "tab:green"] * (len(names) // 2))
-        axes[1].tick_params(axis="x", labelsize=8)
+        axes[1].tick_params(axis="x", labelsize=7)
         axes[1].set_xlabel("replicas, serving settings")
         axes[1].set_ylabel("events/s")
         axes[1].set_title("  ".join(f"{k}: {c['ratio_2_vs_1']:.2f}x"
@@ -666,9 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300, help="/predict requests timed")
     p.add_argument("--backlog", type=int, default=6000, help="samples the trainer trains meanwhile")
     p.add_argument("--scale-events", type=int, default=6000)
-    p.add_argument("--scale-rounds", type=int, default=3,
+    p.add_argument("--scale-rounds", type=int, default=5,
                    help="1-vs-2 rounds of the headline serving settings (1, 2, 1, ..., 1)")
-    p.add_argument("--worker-rounds", type=int, default=3,
+    p.add_argument("--worker-rounds", type=int, default=5,
                    help="worker runs of the headline precision, each between two raw runs")
     p.add_argument("--other-rounds", type=int, default=1,
                    help="rounds of the other settings and precisions")
