@@ -250,10 +250,10 @@ def output(app: faust.App, name: str, *, metrics, policy: DeliveryPolicy,
     Records go straight to the aiokafka producer that Faust runs (the same connection,
     settings and flush on stop), serialised as Faust's topic would (a record's own JSON, a
     str key as UTF-8): Faust's ``Topic.send`` builds a pending message, a future message, a
-    sensor state and a callback per record, ~37 us of the event loop's time each, against
-    ~14 us through the producer (an in-process A/B on the embedded broker, docs/performance.md).
-    Anything else (a value of another type, a transaction, a Faust without the hooks) takes
-    ``Topic.send``."""
+    sensor state and a callback per record, and a replica's event loop spent 2.5x the CPU on
+    its outputs that way (121 vs 49 us per event, a prediction and a sample delivered;
+    ``python -m bench.outputs``, bench/results/outputs). Anything else (a value of another
+    type, a transaction, a Faust without the hooks) takes ``Topic.send``."""
     if value_type is None:
         topic = app.topic(name, key_type=str, key_serializer="raw", value_serializer="raw")
     else:
