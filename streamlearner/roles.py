@@ -310,14 +310,14 @@ def serving_lanes(settings: Settings) -> tuple[int, int | None]:
     return lanes, max(1, threads // lanes)
 
 
-def _threads(settings: Settings):
+def _threads(settings: Settings, name: str = "streamlearner-model"):
     import torch
 
     from streams.handoff import ModelThread
 
     # Its intra-op thread count pinned now: a thread that sets its own (serving lanes) also
     # changes the default of threads started after it (this torch build's OpenMP runtime).
-    return ModelThread(queue_size=settings.stream.handoff_queue,
+    return ModelThread(queue_size=settings.stream.handoff_queue, name=name,
                        torch_threads=torch.get_num_threads())
 
 
@@ -386,7 +386,7 @@ def build_serve(settings: Settings) -> Role:
     metrics = build_metrics(settings)
     latch = FailStop(metrics)
     policy = delivery_policy(settings.stream)
-    thread = _threads(settings)
+    thread = _threads(settings, "streamlearner-serving")
     app_id = f"{settings.kafka.app_id}-serve"
     serving_ref: list = []
     app = create_app(settings, app_id=app_id,

@@ -33,11 +33,29 @@ def _no_stop_iteration(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         raise RuntimeError(f"{getattr(fn, '__name__', fn)!r} raised StopIteration") from e
 
 
-def _set_torch_threads(n: int) -> None:
-    """A pool thread's own intra-op thread count (OpenMP keeps it per thread)."""
-    import torch
+def name_os_thread() -> None:
+    """Give the calling thread its Python name at the OS level too (Linux, best effort), less
+    the ``streamlearner-`` prefix: ``top -H``, ``ps -L`` and ``/proc/<pid>/task/*/comm`` then
+    tell the model thread, the serving threads and the lanes apart (``bench.threads``)."""
+    import ctypes
+    import ctypes.util
 
-    torch.set_num_threads(n)
+    name = threading.current_thread().name.removeprefix("streamlearner-")[:15]
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(15, name.encode(), 0, 0, 0)   # PR_SET_NAME
+    except (OSError, AttributeError):   # not Linux, or no libc to call: names stay Python's
+        pass
+
+
+def _start_thread(torch_threads: int | None) -> None:
+    """A pool thread's start: its OS name, and its own intra-op thread count (OpenMP keeps
+    it per thread)."""
+    name_os_thread()
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
 
 
 class ModelThread:
@@ -55,8 +73,7 @@ class ModelThread:
         self.workers = workers
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=name,
-            initializer=_set_torch_threads if torch_threads is not None else None,
-            initargs=(torch_threads,) if torch_threads is not None else ())
+            initializer=_start_thread, initargs=(torch_threads,))
         # One semaphore per event loop: Faust and tests may each run their own loop.
         self._slots: dict[int, asyncio.Semaphore] = {}
         self._lock = threading.Lock()
