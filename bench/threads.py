@@ -25,7 +25,8 @@ import uuid
 from pathlib import Path
 
 from bench.perf.common import banking77, machine
-from bench.scale import Role, _count, _env, _events, _machine_cpu, _samples, _topics
+from bench.scale import (Role, _count, _cpu_seconds, _env, _events, _machine_cpu, _samples,
+                         _topics)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -50,13 +51,6 @@ def thread_stats(pid: int) -> dict[str, dict]:
             "involuntary": int(fields["nonvoluntary_ctxt_switches"]),
             "runqueue": int(schedstat[1]) / 1e9}
     return out
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return float("nan")
-    after = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(after[11]) + int(after[12])) / TICK
 
 
 def _window(roles: list[Role], total: int, lo: float, hi: float, broker_pid) -> dict:
@@ -105,10 +99,10 @@ def _window(roles: list[Role], total: int, lo: float, hi: float, broker_pid) -> 
 
 
 def run(args) -> dict:
+    import tempfile
+
     from tools.broker import EmbeddedBroker
     from tools.publish import publish
-
-    import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="bench-threads-"))
     texts, labels = banking77(seed=args.seed)
