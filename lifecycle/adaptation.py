@@ -86,17 +86,13 @@ class DriftWatch:
         return state
 
     # -- event loop side ------------------------------------------------------------------
-    def active(self, texts: Sequence[str]) -> bool:
-        """Whether :meth:`observe` runs anything for this batch."""
-        return self.config.enabled and bool(texts)
-
     async def observe(self, task: str, texts: Sequence[str], errors: Sequence[bool],
                       labels: Sequence[str], *,
                       before: Callable[[], Any] | None = None) -> list[Awaitable[Any]]:
         """Feed one micro-batch; returns the deliveries of any alerts (await them before ack).
         ``before`` runs first in the same model-thread job (a thread hop less per batch), and
         its failure is raised; a failure of the detection itself is logged and skipped."""
-        if not self.active(texts):
+        if not self.config.enabled or not texts:
             if before is not None:
                 await self.model.run(before)
             return []

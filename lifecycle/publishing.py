@@ -363,8 +363,8 @@ class VersionPublisher:
         ``artifact``: the live version's, when the update job built it already."""
         self._updates += 1
         self._local_updates += 1
-        if self.local is not None and (learner.config.frozen
-                                       or self._due(self._last_local, self._local_updates)):
+        if self.refreshes_every_update(learner) or (
+                self.local is not None and self._due(self._last_local, self._local_updates)):
             await self.refresh_local(learner, artifact)
         if self.send is not None and not self.busy and self._due(self._last_publish,
                                                                    self._updates):

@@ -178,7 +178,7 @@ class Trainer:
         labeled = [s for s in samples if s.label is not None]
         if labeled:
             self.metrics.observe_prequential(task, (s.predicted == s.label for s in labeled))
-        if self.drift is not None and self.drift.active(texts):
+        if self.drift is not None:   # ``offer`` runs first, in the same model-thread job
             alerts = await self.drift.observe(task, texts,
                                               [s.predicted != s.label for s in labeled],
                                               [s.label for s in labeled], before=offer)

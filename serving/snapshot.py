@@ -228,7 +228,7 @@ class TracedEncoder(nn.Module):
     :meth:`pooled_features_in_order` for all of a batch's at once, with no Python between
     their operations (a serving thread then takes the interpreter back once per batch)."""
 
-    def __init__(self, script: nn.Module, in_order: nn.Module | None = None) -> None:
+    def __init__(self, script: nn.Module, in_order: nn.Module) -> None:
         super().__init__()
         self.script = script
         self.in_order = in_order
@@ -239,8 +239,6 @@ class TracedEncoder(nn.Module):
 
     def pooled_features_in_order(self, ids: list[torch.Tensor], masks: list[torch.Tensor],
                                  inverse: torch.Tensor) -> torch.Tensor:
-        if self.in_order is None:
-            return torch.cat([self.script(i, m) for i, m in zip(ids, masks)])[inverse]
         return self.in_order(ids, masks, inverse)                        # (B, H) float32
 
     forward = pooled_features

@@ -33,10 +33,10 @@ def _no_stop_iteration(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         raise RuntimeError(f"{getattr(fn, '__name__', fn)!r} raised StopIteration") from e
 
 
-def name_os_thread() -> None:
+def _name_os_thread() -> None:
     """Give the calling thread its Python name at the OS level too (Linux, best effort), less
     the ``streamlearner-`` prefix: ``top -H``, ``ps -L`` and ``/proc/<pid>/task/*/comm`` then
-    tell the model thread, the serving threads and the lanes apart (``bench.threads``)."""
+    tell the model thread and the serving threads apart (``bench.threads``)."""
     import ctypes
     import ctypes.util
 
@@ -51,7 +51,7 @@ def name_os_thread() -> None:
 def _start_thread(torch_threads: int | None) -> None:
     """A pool thread's start: its OS name, and its own intra-op thread count (OpenMP keeps
     it per thread)."""
-    name_os_thread()
+    _name_os_thread()
     if torch_threads is not None:
         import torch
 
